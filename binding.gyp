@@ -1,0 +1,34 @@
+{
+  "target_defaults": {
+    "cflags": ["-Wall", "-Wextra", "-Wshadow", "-Wformat=2", "-Wno-unused-parameter", "-D_GNU_SOURCE", "-O2", "-fstack-protector-strong", "-D_FORTIFY_SOURCE=2"],
+    "cflags_c": ["-std=gnu11"]
+  },
+  "targets": [
+    {
+      "target_name": "fuse_svc_socket",
+      "sources": ["helper/native/socket.c"]
+    },
+    {
+      "target_name": "fuse-svc-launcher",
+      "type": "executable",
+      "sources": ["helper/native/launcher.c", "helper/native/launcher-init.c"],
+      "libraries": ["-lseccomp"]
+    },
+    {
+      "target_name": "fusermount-standin",
+      "type": "executable",
+      "sources": ["helper/native/fusermount-standin.c"]
+    },
+    {
+      "target_name": "fuse-svc-client",
+      "type": "executable",
+      "sources": ["helper/native/client.c", "helper/native/json.c"],
+      "ldflags": ["-static"]
+    },
+    {
+      "target_name": "sandbox-probe",
+      "type": "executable",
+      "sources": ["test/native/sandbox-probe.c"]
+    }
+  ]
+}

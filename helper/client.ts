@@ -1,0 +1,126 @@
+// A small client library for the broker: one connection per request, descriptors by SCM_RIGHTS.
+// Used by the CLI (helper/request.ts), the tests and the benchmark.
+import { closeSync, openSync } from 'node:fs';
+import * as sock from './native/socket.js';
+import { decodeReply, encodeRequest, RequestError } from '../supervisor/protocol.js';
+
+export const DEFAULT_SOCKET = '/run/fuse-svc/broker.sock';
+
+export type MountInfo = {
+  id: number;
+  owner_uid: number;
+  fstype: string;
+  options: string;
+  source: string;
+  target: string;
+  uid: number;
+  state: 'starting' | 'running' | 'stopping' | 'exited';
+  started_at: number;
+  server_pid: number | null;
+  exit_code: number | null;
+  exit_signal: number | null;
+  reason: string | null;
+};
+
+export class ClientError extends Error {
+  override name = 'ClientError';
+}
+
+export type ClientOptions = { socket?: string; timeoutMs?: number };
+
+export class BrokerClient {
+  readonly socket: string;
+  readonly timeoutMs: number;
+  constructor(o: ClientOptions = {}) {
+    this.socket = o.socket ?? process.env.FUSE_SVC_SOCKET ?? DEFAULT_SOCKET;
+    this.timeoutMs = o.timeoutMs ?? 60000;
+  }
+
+  /** Sends one request with descriptors and resolves with the broker's reply (or throws RequestError). */
+  async request(body: Record<string, unknown>, fds: number[] = []): Promise<Record<string, unknown>> {
+    let fd: number;
+    try {
+      fd = sock.connectSeqpacket(this.socket);
+    } catch (e) {
+      const err = e as NodeJS.ErrnoException;
+      const hint = err.code === 'ENOENT' || err.code === 'ECONNREFUSED' ? ' (is fuse-svcd running? set --socket or FUSE_SVC_SOCKET)' : '';
+      throw new ClientError(`cannot connect to ${this.socket}: ${err.code ?? err.message}${hint}`);
+    }
+    try {
+      sock.send(fd, encodeRequest(body), fds);
+      const packet = await this.receive(fd);
+      for (const extra of packet.fds) sock.close(extra);
+      if (packet.eof || packet.data.length === 0) throw new ClientError('the broker closed the connection without a reply');
+      return decodeReply(packet.data);
+    } finally {
+      sock.close(fd);
+    }
+  }
+
+  private receive(fd: number): Promise<sock.Received> {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        w.stop();
+        reject(new ClientError(`no reply from the broker within ${this.timeoutMs} ms`));
+      }, this.timeoutMs);
+      const w = sock.poll(fd, 'readable', () => {
+        let r: sock.Received | null;
+        try {
+          r = sock.recv(fd, 65536, 4);
+        } catch (e) {
+          clearTimeout(timer);
+          w.stop();
+          reject(e);
+          return;
+        }
+        if (!r) return;
+        clearTimeout(timer);
+        w.stop();
+        resolve(r);
+      });
+    });
+  }
+
+  /** Opens source and target here, as the caller, and asks for the mount. */
+  async mount(source: string, target: string, o: { fstype?: string; options?: string } = {}): Promise<{ id: number; uid: number; server_pid: number; mnt_id: string }> {
+    const options = o.options ?? 'rw';
+    const readOnly = options.split(',').includes('ro') && !options.split(',').slice(options.split(',').lastIndexOf('ro')).includes('rw');
+    const fds: number[] = [];
+    try {
+      fds.push(openFd(source, readOnly ? sock.O_RDONLY : sock.O_RDWR, 'source'));
+      fds.push(openFd(target, sock.O_PATH | sock.O_DIRECTORY | sock.O_NOFOLLOW, 'target'));
+      const r = await this.request({ op: 'mount', fstype: o.fstype ?? 'ext4', options, fds: ['source', 'target'], source_name: source, target_name: target }, fds);
+      return r as never;
+    } finally {
+      for (const fd of fds) closeSync(fd);
+    }
+  }
+
+  async unmount(target: string | { id: number }, o: { timeoutMs?: number } = {}): Promise<{ id: number; exit_code: number | null; exit_signal: number | null }> {
+    const extra = o.timeoutMs === undefined ? {} : { timeout_ms: o.timeoutMs };
+    if (typeof target !== 'string') return (await this.request({ op: 'unmount', id: target.id, ...extra })) as never;
+    const fd = openFd(target, sock.O_PATH | sock.O_NOFOLLOW, 'target');
+    try {
+      return (await this.request({ op: 'unmount', fds: ['target'], ...extra }, [fd])) as never;
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  async list(): Promise<MountInfo[]> {
+    const r = await this.request({ op: 'list' });
+    return r.mounts as MountInfo[];
+  }
+}
+
+function openFd(p: string, flags: number, role: string): number {
+  try {
+    return openSync(p, flags | sock.O_CLOEXEC);
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    const why = err.code === 'ELOOP' && role === 'target' ? 'it is a symbolic link (never followed)' : err.code === 'ENOTDIR' ? 'not a directory' : err.code ?? err.message;
+    throw new ClientError(`cannot open ${role} ${p}: ${why}`);
+  }
+}
+
+export { RequestError };

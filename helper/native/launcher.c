@@ -1,0 +1,2259 @@
+/*
+ * fuse-svc-launcher: the one program of fuse-svc that forks, enters namespaces and touches
+ * mounts. docs/launcher.md is its contract (modes, fds, readiness line, state files, spec).
+ *
+ *   fuse-svc-launcher instance      one sandboxed server instance, spec on fd 3
+ *   fuse-svc-launcher init -- CMD   PID 1 of the broker container (launcher-init.c)
+ *   fuse-svc-launcher version
+ *
+ * Single-threaded on purpose: setns(CLONE_NEWNS) fails in a multithreaded process, and with
+ * one thread fork() is safe and every blocking point is visible in the event loop.
+ *
+ * Process tree of one instance:
+ *   launcher (supervisor; holds the uid lock, the pinned caller mount ns, the mount fd)
+ *     +- server, pid 1 of its own user/mnt/pid/net/ipc/uts/cgroup namespaces
+ *     +- short-lived helpers: "checker" (waits for FUSE_INIT, attaches the mount in the
+ *        caller's namespace) and "detacher" (detaches it there)
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <limits.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <stdnoreturn.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/file.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/pidfd.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+#include <linux/capability.h>
+#include <linux/seccomp.h>
+#include <seccomp.h>
+
+#include "launcher.h"
+
+#define LAUNCHER_VERSION "0.1.0"
+
+/* ---- kernel interfaces newer than bookworm's headers (values from the kernel uapi) ---- */
+#ifndef STATX_MNT_ID_UNIQUE
+#define STATX_MNT_ID_UNIQUE 0x4000U          /* linux/stat.h, 6.8 */
+#endif
+#ifndef PIDFD_GET_MNT_NAMESPACE
+#define PIDFD_GET_MNT_NAMESPACE _IO(0xFF, 3) /* linux/pidfd.h: _IO(PIDFS_IOCTL_MAGIC, 3), 6.11 */
+#endif
+#ifndef NS_GET_NSTYPE
+#define NS_GET_NSTYPE _IO(0xb7, 0x3)         /* linux/nsfs.h */
+#endif
+#ifndef CLONE_PIDFD
+#define CLONE_PIDFD 0x00001000
+#endif
+/* struct clone_args, first published version (CLONE_ARGS_SIZE_VER0 = 64). */
+struct clone_args_v0 {
+	uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls;
+};
+
+/* ---- exit statuses and readiness codes (docs/launcher.md) ---- */
+enum { EXIT_STOPPED = 0, EXIT_ENDED = 1, EXIT_START_FAILED = 2, EXIT_SPEC = 64, EXIT_BUSY = 75 };
+
+#define SPEC_MAX (64 * 1024)
+#define LOG_CAP (1024 * 1024)   /* server output copied into the instance log, at most */
+#define TAIL_MAX 2048           /* server output kept in memory for error messages */
+#define HIGH_FD 64              /* fds are parked above this while the child rearranges them */
+#define KILL_GRACE_MS 2000      /* SIGTERM -> SIGKILL during a stop */
+
+/* The sandbox is built under these names in the child's own mount namespace. */
+#define BASE_DIR "/tmp"         /* a tmpfs over it becomes a scratch root... */
+#define OLD_ROOT "/oldroot"     /* ...holding the host tree (bind sources are resolved here) */
+#define NEW_ROOT "/newroot"     /* ...and the server's root, pivoted into at the end */
+
+/* ---------------------------------------------------------------------------------------- */
+/* The spec                                                                                  */
+
+struct root_entry {
+	enum { ROOT_BIND, ROOT_DIR, ROOT_FILE } kind;
+	const char *src, *dst;
+	bool rw;
+};
+
+struct rlimit_entry {
+	int resource;
+	struct rlimit limit;
+};
+
+struct seccomp_rule_entry {
+	uint32_t action;
+	const char *name;
+	unsigned nargs;
+	struct scmp_arg_cmp args[6];
+};
+
+struct spec {
+	unsigned long long id;
+	const char *rundir;
+	uid_t uid;
+	gid_t gid;
+	int fd_source, fd_target, fd_caller_pidfd, fd_conn;
+	bool mount_fuse;
+	const char *fsname, *subtype;
+	bool have_owner;
+	uid_t owner_uid;
+	gid_t owner_gid;
+	bool readonly;
+	long long max_read;
+	int fuse_fd;
+	const char *sentinel;
+	bool root_usr;
+	const char *standin;
+	struct root_entry *roots;
+	size_t nroots;
+	const char **devs;
+	size_t ndevs;
+	long long tmp_size;
+	bool proc_invisible;
+	const char *proc_source;
+	const char *hostname;
+	struct rlimit_entry *rlimits;
+	size_t nrlimits;
+	bool have_umask;
+	mode_t umask_value;
+	bool have_oom;
+	int oom_score_adj;
+	bool nnp;
+	const char *cgroup;
+	char **env;
+	size_t nenv;
+	const char *cwd;
+	const char *exec;
+	char **args;
+	size_t nargs;
+	bool have_seccomp;
+	uint32_t seccomp_default;
+	const char **arches;
+	size_t narches;
+	struct seccomp_rule_entry *rules;
+	size_t nrules;
+	long long stop_timeout_ms, ready_timeout_ms;
+	bool listen_env;
+};
+
+static struct spec S = {
+	.fd_source = -1, .fd_target = -1, .fd_caller_pidfd = -1, .fd_conn = -1,
+	.max_read = -1, .fuse_fd = -1, .tmp_size = -1,
+	.stop_timeout_ms = 10000, .ready_timeout_ms = 10000,
+};
+
+/* ---------------------------------------------------------------------------------------- */
+/* Instance state                                                                            */
+
+enum role { ROLE_LAUNCHER, ROLE_SANDBOX, ROLE_HELPER };
+enum phase { PHASE_STARTING, PHASE_RUNNING, PHASE_STOPPING, PHASE_EXITED };
+
+static struct {
+	enum role role;
+	enum phase phase;
+	int sandbox_err_fd;       /* ROLE_SANDBOX: setup errors go to the parent through it */
+	bool failing;             /* fail() is running: do not recurse */
+	bool ready_sent;
+	int instdir;              /* RUNDIR/instances */
+	int lockfd;
+	int sigfd;
+	int devfuse;              /* our copy of the /dev/fuse fd; closed once the server exec'd */
+	int mntfd;                /* the FUSE mount (from fsmount), kept until it is detached */
+	bool maybe_attached;      /* the checker may have attached the mount: detach on the way out */
+	int nsfd;                 /* the caller's mount namespace, pinned */
+	pid_t server_pid;
+	int server_pidfd;
+	int notify_fd;            /* seccomp user notifications from the server */
+	int log_fd;               /* read end of the server's stdout/stderr */
+	pid_t checker_pid;
+	int checker_pidfd, checker_rd;
+	uint64_t mnt_id;
+	int exit_code, exit_signal;
+	char reason[256];
+	int cap_last;
+	int source_accmode;
+	int nr_open, nr_openat, nr_openat2;  /* native numbers of the notified syscalls */
+	scmp_filter_ctx policy, notifier;
+	int64_t ready_deadline, term_deadline, kill_deadline; /* CLOCK_MONOTONIC ms, 0 = none */
+	size_t log_written, log_dropped;
+	char tail[TAIL_MAX];
+	size_t tail_len;
+} G = {
+	.instdir = -1, .lockfd = -1, .sigfd = -1, .devfuse = -1, .mntfd = -1, .nsfd = -1,
+	.server_pidfd = -1, .notify_fd = -1, .log_fd = -1, .checker_pidfd = -1, .checker_rd = -1,
+	.sandbox_err_fd = -1, .exit_code = -1, .cap_last = 63,
+};
+
+static void state_write(void);
+static void teardown_before_ready(void);
+
+/* ---------------------------------------------------------------------------------------- */
+/* Small utilities                                                                           */
+
+static int64_t clock_ms(clockid_t clk)
+{
+	struct timespec ts;
+	clock_gettime(clk, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t now_ms(void) { return clock_ms(CLOCK_MONOTONIC); }
+
+static void logmsg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void logmsg(const char *fmt, ...)
+{
+	char buf[1024];
+	va_list ap;
+	int n = snprintf(buf, sizeof buf, "fuse-svc-launcher[%llu]: ", S.id);
+	va_start(ap, fmt);
+	vsnprintf(buf + n, sizeof buf - (size_t)n - 1, fmt, ap);
+	va_end(ap);
+	strcat(buf, "\n");
+	/* fd 2 is the instance log; nothing useful can be done if it fails */
+	if (write(STDERR_FILENO, buf, strlen(buf)) < 0) {}
+}
+
+/* Readiness and state messages are one line: no TAB, LF or control characters. */
+static void sanitize_line(char *s)
+{
+	for (; *s; s++)
+		if ((unsigned char)*s < 0x20 || *s == 0x7f)
+			*s = ' ';
+}
+
+static bool write_all(int fd, const void *buf, size_t len)
+{
+	const char *p = buf;
+	while (len > 0) {
+		ssize_t n = write(fd, p, len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return false;
+		p += n;
+		len -= (size_t)n;
+	}
+	return true;
+}
+
+static void *xrealloc(void *p, size_t n)
+{
+	p = realloc(p, n);
+	if (!p) {
+		logmsg("out of memory");
+		_exit(EXIT_START_FAILED);
+	}
+	return p;
+}
+
+#define APPEND(arr, n, value)                                          \
+	do {                                                               \
+		(arr) = xrealloc((arr), ((n) + 2) * sizeof(*(arr)));           \
+		(arr)[(n)++] = (value);                                        \
+	} while (0)
+
+static void close_fd(int *fd)
+{
+	if (*fd >= 0)
+		close(*fd);
+	*fd = -1;
+}
+
+static pid_t clone_pidfd(uint64_t flags, int *pidfd)
+{
+	struct clone_args_v0 args = {
+		.flags = flags | CLONE_PIDFD,
+		.pidfd = (uint64_t)(uintptr_t)pidfd,
+		.exit_signal = SIGCHLD,
+	};
+	return (pid_t)syscall(SYS_clone3, &args, sizeof args);
+}
+
+/* Mark every fd >= 3 close-on-exec except those in keep[] (sorted ascending, all >= 3). */
+static int cloexec_all_except(const int *keep, size_t n)
+{
+	unsigned lo = 3;
+	for (size_t i = 0; i < n; i++) {
+		if ((unsigned)keep[i] > lo &&
+		    close_range(lo, (unsigned)keep[i] - 1, CLOSE_RANGE_CLOEXEC) < 0)
+			return -1;
+		lo = (unsigned)keep[i] + 1;
+	}
+	return close_range(lo, ~0U, CLOSE_RANGE_CLOEXEC);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Failing                                                                                   */
+
+static void readiness(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void readiness(const char *fmt, ...)
+{
+	char line[1024];
+	va_list ap;
+	if (G.ready_sent)
+		return;
+	G.ready_sent = true;
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof line - 1, fmt, ap);
+	va_end(ap);
+	strcat(line, "\n");
+	if (!write_all(STDOUT_FILENO, line, strlen(line)))
+		logmsg("readiness pipe: %s", strerror(errno)); /* the broker may be gone */
+	/* "close fd 1": replace it by /dev/null (fd 0) so no later open() lands on fd 1 */
+	dup2(STDIN_FILENO, STDOUT_FILENO);
+}
+
+/*
+ * fail(): the one way out when something goes wrong. Where it goes depends on who we are:
+ * the sandbox child reports "CODE\tmessage" to its parent and exits; a helper just exits;
+ * the launcher cleans up (no mount left, no process left), says `error` on the readiness
+ * line, records the state and exits 2.
+ */
+static noreturn void vfail(const char *code, int err, const char *fmt, va_list ap)
+	__attribute__((format(printf, 3, 0)));
+static noreturn void vfail(const char *code, int err, const char *fmt, va_list ap)
+{
+	char msg[700];
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	if (err)
+		snprintf(msg + strlen(msg), sizeof msg - strlen(msg), ": %s", strerror(err));
+	sanitize_line(msg);
+
+	if (G.role == ROLE_SANDBOX) {
+		char out[800];
+		int n = snprintf(out, sizeof out, "%s\t%s", code, msg);
+		if (write(G.sandbox_err_fd, out, (size_t)n) < 0) {}
+		_exit(127);
+	}
+	if (G.role == ROLE_HELPER)
+		_exit(err ? err : 1);
+
+	if (G.failing) {
+		logmsg("while failing: %s %s", code, msg);
+		_exit(EXIT_START_FAILED);
+	}
+	G.failing = true;
+	logmsg("%s: %s", code, msg);
+	if (G.phase == PHASE_STARTING) {
+		teardown_before_ready();
+		readiness("error\t%s\t%s", code, msg);
+		G.phase = PHASE_EXITED;
+		snprintf(G.reason, sizeof G.reason, "start failed: %s %s", code, msg);
+		state_write();
+		_exit(EXIT_START_FAILED);
+	}
+	/* after ready: nothing sensible is left to do but let the loop's cleanup happen */
+	if (G.server_pidfd >= 0)
+		pidfd_send_signal(G.server_pidfd, SIGKILL, NULL, 0);
+	G.phase = PHASE_EXITED;
+	snprintf(G.reason, sizeof G.reason, "launcher error: %s %s", code, msg);
+	state_write();
+	_exit(EXIT_ENDED);
+}
+
+static noreturn void fail(const char *code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static noreturn void fail(const char *code, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vfail(code, 0, fmt, ap);
+}
+
+/* die_errno("fsconfig(user_id)") style: the message names the call, errno is appended. */
+static noreturn void die_errno(const char *code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static noreturn void die_errno(const char *code, const char *fmt, ...)
+{
+	int err = errno;
+	va_list ap;
+	va_start(ap, fmt);
+	vfail(code, err, fmt, ap);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Spec parsing (docs/launcher.md, "The spec"). TypeScript validated it; we still check.     */
+
+static unsigned spec_line;
+
+static noreturn void spec_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static noreturn void spec_error(const char *fmt, ...)
+{
+	char msg[600];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	sanitize_line(msg);
+	logmsg("spec line %u: %s", spec_line, msg);
+	readiness("error\tEINTERNAL\tspec line %u: %s", spec_line, msg);
+	_exit(EXIT_SPEC);
+}
+
+static unsigned long long spec_uint(const char *s, unsigned long long max)
+{
+	char *end;
+	unsigned long long v;
+	if (!isdigit((unsigned char)s[0]))
+		spec_error("not a number: %s", s);
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (errno || *end || v > max)
+		spec_error("bad number: %s", s);
+	return v;
+}
+
+static long long spec_int(const char *s, long long min, long long max)
+{
+	char *end;
+	long long v;
+	if (!(isdigit((unsigned char)s[0]) || (s[0] == '-' && isdigit((unsigned char)s[1]))))
+		spec_error("not a number: %s", s);
+	errno = 0;
+	v = strtoll(s, &end, 10);
+	if (errno || *end || v < min || v > max)
+		spec_error("bad number: %s", s);
+	return v;
+}
+
+/* A seccomp comparison value: decimal or 0x hex, may be negative (taken as 64-bit). */
+static uint64_t spec_u64_any(const char *s)
+{
+	char *end;
+	uint64_t v;
+	errno = 0;
+	v = s[0] == '-' ? (uint64_t)strtoll(s, &end, 0) : strtoull(s, &end, 0);
+	if (!*s || errno || *end)
+		spec_error("bad value: %s", s);
+	return v;
+}
+
+/* Paths inside the sandbox: absolute, no "..", so nothing can escape the new root. */
+static const char *spec_sandbox_path(const char *p)
+{
+	if (p[0] != '/' || strlen(p) >= PATH_MAX / 2)
+		spec_error("not an absolute path: %s", p);
+	for (const char *c = p; (c = strstr(c, "..")); c += 2)
+		if (c[-1] == '/' && (c[2] == '/' || c[2] == '\0'))
+			spec_error("path with '..': %s", p);
+	return p;
+}
+
+static const char *spec_host_path(const char *p) { return spec_sandbox_path(p); }
+
+static bool spec_bool(const char *s)
+{
+	if (strcmp(s, "0") && strcmp(s, "1"))
+		spec_error("expected 0 or 1: %s", s);
+	return s[0] == '1';
+}
+
+static int spec_inherited_fd(const char *s)
+{
+	int fd = (int)spec_uint(s, INT_MAX);
+	if (fd < 4)
+		spec_error("fd %d: inherited fds start at 4", fd);
+	if (fcntl(fd, F_SETFD, FD_CLOEXEC) < 0) /* never leak into the server by accident */
+		spec_error("fd %d is not open", fd);
+	return fd;
+}
+
+static uint32_t spec_seccomp_action(const char *name, const char *errno_field)
+{
+	if (!strcmp(name, "allow"))
+		return SCMP_ACT_ALLOW;
+	if (!strcmp(name, "errno")) {
+		if (!errno_field)
+			spec_error("errno action without an errno");
+		return SCMP_ACT_ERRNO((uint32_t)spec_uint(errno_field, 4095));
+	}
+	if (!strcmp(name, "kill_process"))
+		return SCMP_ACT_KILL_PROCESS;
+	if (!strcmp(name, "kill_thread"))
+		return SCMP_ACT_KILL_THREAD;
+	if (!strcmp(name, "trap"))
+		return SCMP_ACT_TRAP;
+	if (!strcmp(name, "log"))
+		return SCMP_ACT_LOG;
+	spec_error("unknown seccomp action: %s", name);
+}
+
+static struct scmp_arg_cmp spec_seccomp_arg(char *text)
+{
+	static const struct { const char *name; enum scmp_compare op; } ops[] = {
+		{"ne", SCMP_CMP_NE}, {"lt", SCMP_CMP_LT}, {"le", SCMP_CMP_LE}, {"eq", SCMP_CMP_EQ},
+		{"ge", SCMP_CMP_GE}, {"gt", SCMP_CMP_GT}, {"masked_eq", SCMP_CMP_MASKED_EQ},
+	};
+	char *part[4] = {0};
+	unsigned n = 0;
+	struct scmp_arg_cmp cmp = {0};
+	for (char *save = NULL, *tok = strtok_r(text, ":", &save); tok; tok = strtok_r(NULL, ":", &save)) {
+		if (n == 4)
+			spec_error("bad seccomp argument");
+		part[n++] = tok;
+	}
+	if (n < 3)
+		spec_error("bad seccomp argument (IDX:OP:VALUE[:VALUE2])");
+	cmp.arg = (unsigned)spec_uint(part[0], 5);
+	for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++)
+		if (!strcmp(part[1], ops[i].name))
+			cmp.op = ops[i].op;
+	if (!cmp.op)
+		spec_error("unknown comparison: %s", part[1]);
+	cmp.datum_a = spec_u64_any(part[2]);
+	if (cmp.op == SCMP_CMP_MASKED_EQ) {
+		if (n != 4)
+			spec_error("masked_eq needs IDX:masked_eq:MASK:VALUE");
+		cmp.datum_b = spec_u64_any(part[3]);
+	} else if (n != 3) {
+		spec_error("only masked_eq takes a second value");
+	}
+	return cmp;
+}
+
+static int spec_rlimit_resource(const char *name)
+{
+	static const struct { const char *name; int res; } names[] = {
+		{"AS", RLIMIT_AS}, {"CORE", RLIMIT_CORE}, {"CPU", RLIMIT_CPU}, {"DATA", RLIMIT_DATA},
+		{"FSIZE", RLIMIT_FSIZE}, {"LOCKS", RLIMIT_LOCKS}, {"MEMLOCK", RLIMIT_MEMLOCK},
+		{"MSGQUEUE", RLIMIT_MSGQUEUE}, {"NICE", RLIMIT_NICE}, {"NOFILE", RLIMIT_NOFILE},
+		{"NPROC", RLIMIT_NPROC}, {"RSS", RLIMIT_RSS}, {"RTPRIO", RLIMIT_RTPRIO},
+		{"RTTIME", RLIMIT_RTTIME}, {"SIGPENDING", RLIMIT_SIGPENDING}, {"STACK", RLIMIT_STACK},
+	};
+	for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+		if (!strcmp(name, names[i].name))
+			return names[i].res;
+	spec_error("unknown rlimit: %s", name);
+}
+
+static rlim_t spec_rlim(const char *s)
+{
+	return strcmp(s, "inf") ? (rlim_t)spec_uint(s, RLIM_INFINITY - 1) : RLIM_INFINITY;
+}
+
+/* Scalar keys may appear once; list keys (root_*, dev, env, arg, rlimit, seccomp_*) append. */
+static void spec_once(const char *key, bool *seen)
+{
+	if (*seen)
+		spec_error("repeated key: %s", key);
+	*seen = true;
+}
+
+static void spec_record(char **f, unsigned n)
+{
+	static struct {
+		bool id, rundir, uid, gid, mount, fsname, subtype, owner, readonly, max_read, fuse_fd,
+			sentinel, root_usr, root_bin, tmp_size, proc, proc_source, hostname, umask, oom,
+			nnp, cgroup, cwd, exec, seccomp_default, stop, ready, listen_env;
+	} seen;
+	const char *k = f[0];
+#define NF(min, max)                                                            \
+	do {                                                                        \
+		if (n - 1 < (min) || n - 1 > (max))                                     \
+			spec_error("%s: expected %d to %d fields, got %u", k, min, max, n - 1); \
+	} while (0)
+#define ONCE(flag) spec_once(k, &seen.flag)
+
+	if (!strcmp(k, "id")) {
+		NF(1, 1); ONCE(id);
+		S.id = spec_uint(f[1], 1ULL << 53);
+	} else if (!strcmp(k, "rundir")) {
+		NF(1, 1); ONCE(rundir);
+		S.rundir = spec_host_path(f[1]);
+	} else if (!strcmp(k, "uid")) {
+		NF(1, 1); ONCE(uid);
+		S.uid = (uid_t)spec_uint(f[1], UINT32_MAX - 1);
+	} else if (!strcmp(k, "gid")) {
+		NF(1, 1); ONCE(gid);
+		S.gid = (gid_t)spec_uint(f[1], UINT32_MAX - 1);
+	} else if (!strcmp(k, "fd")) {
+		int *slot;
+		NF(2, 2);
+		if (!strcmp(f[1], "source"))
+			slot = &S.fd_source;
+		else if (!strcmp(f[1], "target"))
+			slot = &S.fd_target;
+		else if (!strcmp(f[1], "caller_pidfd"))
+			slot = &S.fd_caller_pidfd;
+		else if (!strcmp(f[1], "conn"))
+			slot = &S.fd_conn;
+		else
+			spec_error("unknown fd role: %s", f[1]);
+		if (*slot >= 0)
+			spec_error("fd role given twice: %s", f[1]);
+		*slot = spec_inherited_fd(f[2]);
+	} else if (!strcmp(k, "mount")) {
+		NF(1, 1); ONCE(mount);
+		if (strcmp(f[1], "fuse"))
+			spec_error("unknown mount kind: %s", f[1]);
+		S.mount_fuse = true;
+	} else if (!strcmp(k, "mount_fsname")) {
+		NF(1, 1); ONCE(fsname);
+		S.fsname = f[1];
+	} else if (!strcmp(k, "mount_subtype")) {
+		NF(1, 1); ONCE(subtype);
+		S.subtype = f[1];
+	} else if (!strcmp(k, "mount_owner")) {
+		NF(2, 2); ONCE(owner);
+		S.have_owner = true;
+		S.owner_uid = (uid_t)spec_uint(f[1], UINT32_MAX - 1);
+		S.owner_gid = (gid_t)spec_uint(f[2], UINT32_MAX - 1);
+	} else if (!strcmp(k, "mount_readonly")) {
+		NF(1, 1); ONCE(readonly);
+		S.readonly = spec_bool(f[1]);
+	} else if (!strcmp(k, "mount_max_read")) {
+		NF(1, 1); ONCE(max_read);
+		S.max_read = (long long)spec_uint(f[1], UINT32_MAX);
+	} else if (!strcmp(k, "fuse_fd")) {
+		NF(1, 1); ONCE(fuse_fd);
+		S.fuse_fd = (int)spec_uint(f[1], HIGH_FD - 1);
+		if (S.fuse_fd < 3)
+			spec_error("fuse_fd must be >= 3");
+	} else if (!strcmp(k, "source_sentinel")) {
+		NF(1, 1); ONCE(sentinel);
+		S.sentinel = spec_sandbox_path(f[1]);
+	} else if (!strcmp(k, "root_usr")) {
+		NF(1, 1); ONCE(root_usr);
+		S.root_usr = spec_bool(f[1]);
+	} else if (!strcmp(k, "root_bin")) {
+		NF(2, 2); ONCE(root_bin);
+		if (strcmp(f[1], "standin"))
+			spec_error("root_bin: only 'standin' is known");
+		S.standin = spec_host_path(f[2]);
+	} else if (!strcmp(k, "root_bind")) {
+		struct root_entry e = {.kind = ROOT_BIND};
+		NF(3, 3);
+		e.src = spec_host_path(f[1]);
+		e.dst = spec_sandbox_path(f[2]);
+		if (strcmp(f[3], "ro") && strcmp(f[3], "rw"))
+			spec_error("root_bind: ro or rw, not %s", f[3]);
+		e.rw = !strcmp(f[3], "rw");
+		APPEND(S.roots, S.nroots, e);
+	} else if (!strcmp(k, "root_dir") || !strcmp(k, "root_file")) {
+		struct root_entry e = {.kind = k[5] == 'd' ? ROOT_DIR : ROOT_FILE};
+		NF(1, 1);
+		e.dst = spec_sandbox_path(f[1]);
+		APPEND(S.roots, S.nroots, e);
+	} else if (!strcmp(k, "dev")) {
+		static const char *const allowed[] = {"null", "zero", "full", "random", "urandom", "tty"};
+		bool ok = false;
+		NF(1, 1);
+		for (size_t i = 0; i < sizeof allowed / sizeof allowed[0]; i++)
+			ok |= !strcmp(f[1], allowed[i]);
+		if (!ok) /* PrivateDevices=: only the pseudo devices, never a block device */
+			spec_error("device not allowed: %s", f[1]);
+		APPEND(S.devs, S.ndevs, f[1]);
+	} else if (!strcmp(k, "tmp_size")) {
+		NF(1, 1); ONCE(tmp_size);
+		S.tmp_size = (long long)spec_uint(f[1], 1ULL << 40);
+	} else if (!strcmp(k, "proc")) {
+		NF(1, 1); ONCE(proc);
+		if (strcmp(f[1], "invisible"))
+			spec_error("proc: only 'invisible' is known");
+		S.proc_invisible = true;
+	} else if (!strcmp(k, "proc_source")) {
+		NF(1, 1); ONCE(proc_source);
+		S.proc_source = spec_host_path(f[1]);
+	} else if (!strcmp(k, "hostname")) {
+		NF(1, 1); ONCE(hostname);
+		if (strlen(f[1]) > 64)
+			spec_error("hostname too long");
+		S.hostname = f[1];
+	} else if (!strcmp(k, "rlimit")) {
+		struct rlimit_entry e;
+		NF(3, 3);
+		e.resource = spec_rlimit_resource(f[1]);
+		e.limit.rlim_cur = spec_rlim(f[2]);
+		e.limit.rlim_max = spec_rlim(f[3]);
+		if (e.limit.rlim_cur > e.limit.rlim_max)
+			spec_error("rlimit %s: soft > hard", f[1]);
+		APPEND(S.rlimits, S.nrlimits, e);
+	} else if (!strcmp(k, "umask")) {
+		char *end;
+		NF(1, 1); ONCE(umask);
+		S.have_umask = true;
+		S.umask_value = (mode_t)strtoul(f[1], &end, 8);
+		if (*end || !f[1][0] || S.umask_value > 07777)
+			spec_error("bad umask: %s", f[1]);
+	} else if (!strcmp(k, "oom_score_adj")) {
+		NF(1, 1); ONCE(oom);
+		S.have_oom = true;
+		S.oom_score_adj = (int)spec_int(f[1], -1000, 1000);
+	} else if (!strcmp(k, "nnp")) {
+		NF(1, 1); ONCE(nnp);
+		S.nnp = spec_bool(f[1]);
+	} else if (!strcmp(k, "cgroup")) {
+		NF(1, 1); ONCE(cgroup);
+		S.cgroup = spec_host_path(f[1]);
+	} else if (!strcmp(k, "env")) {
+		NF(1, 1);
+		if (!strchr(f[1], '=') || f[1][0] == '=')
+			spec_error("env: not K=V: %s", f[1]);
+		APPEND(S.env, S.nenv, f[1]);
+		S.env[S.nenv] = NULL;
+	} else if (!strcmp(k, "cwd")) {
+		NF(1, 1); ONCE(cwd);
+		S.cwd = spec_sandbox_path(f[1]);
+	} else if (!strcmp(k, "exec")) {
+		NF(1, 1); ONCE(exec);
+		S.exec = spec_sandbox_path(f[1]);
+	} else if (!strcmp(k, "arg")) {
+		NF(1, 1);
+		APPEND(S.args, S.nargs, f[1]);
+		S.args[S.nargs] = NULL;
+	} else if (!strcmp(k, "seccomp_default")) {
+		NF(1, 2); ONCE(seccomp_default);
+		S.have_seccomp = true;
+		S.seccomp_default = spec_seccomp_action(f[1], n > 2 ? f[2] : NULL);
+	} else if (!strcmp(k, "seccomp_arch")) {
+		NF(1, 1);
+		APPEND(S.arches, S.narches, f[1]);
+	} else if (!strcmp(k, "seccomp_rule")) {
+		struct seccomp_rule_entry r = {0};
+		NF(3, 9);
+		r.action = spec_seccomp_action(f[1], f[2]);
+		r.name = f[3];
+		for (unsigned i = 4; i < n; i++)
+			r.args[r.nargs++] = spec_seccomp_arg(f[i]);
+		APPEND(S.rules, S.nrules, r);
+	} else if (!strcmp(k, "stop_timeout_ms")) {
+		NF(1, 1); ONCE(stop);
+		S.stop_timeout_ms = (long long)spec_uint(f[1], 86400000);
+	} else if (!strcmp(k, "ready_timeout_ms")) {
+		NF(1, 1); ONCE(ready);
+		S.ready_timeout_ms = (long long)spec_uint(f[1], 86400000);
+	} else if (!strcmp(k, "listen_env")) {
+		NF(1, 1); ONCE(listen_env);
+		S.listen_env = spec_bool(f[1]);
+	} else {
+		spec_error("unknown key: %s", k);
+	}
+#undef NF
+#undef ONCE
+}
+
+/* Cross-record checks: what each feature needs. */
+static void spec_check(void)
+{
+	spec_line = 0;
+	if (!S.id || !S.rundir || !S.exec || S.nargs == 0)
+		spec_error("id, rundir, exec and arg are required");
+	if (S.uid == 0 || S.gid == 0)
+		spec_error("uid and gid are required and never 0");
+	if (S.mount_fuse) {
+		if (S.fd_target < 0 || S.fd_caller_pidfd < 0 || S.fuse_fd < 0 || !S.have_owner)
+			spec_error("mount fuse needs fd target, fd caller_pidfd, fuse_fd and mount_owner");
+	} else if (S.fuse_fd >= 0) {
+		spec_error("fuse_fd without mount fuse");
+	}
+	if (S.sentinel && S.fd_source < 0)
+		spec_error("source_sentinel without fd source");
+	if (S.listen_env && S.fd_conn < 0)
+		spec_error("listen_env without fd conn");
+	if (S.listen_env && S.fuse_fd == 3)
+		spec_error("listen_env puts the connection at fd 3; fuse_fd must differ");
+	if ((S.nrules || S.narches) && !S.have_seccomp)
+		spec_error("seccomp_rule/seccomp_arch without seccomp_default");
+}
+
+static void spec_read(int fd)
+{
+	char *buf = xrealloc(NULL, SPEC_MAX + 1);
+	size_t len = 0;
+	for (;;) {
+		ssize_t r = read(fd, buf + len, SPEC_MAX + 1 - len);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			spec_error("read(spec fd 3): %s", strerror(errno));
+		if (r == 0)
+			break;
+		len += (size_t)r;
+		if (len > SPEC_MAX)
+			spec_error("spec larger than %d bytes", SPEC_MAX);
+	}
+	close(fd);
+	buf[len] = '\0';
+	if (memchr(buf, '\0', len))
+		spec_error("NUL byte in spec");
+
+	char *line = buf;
+	for (spec_line = 1; *line; spec_line++) {
+		char *end = strchr(line, '\n');
+		char *fields[16];
+		unsigned n = 0;
+		if (!end)
+			spec_error("last record does not end with a newline");
+		*end = '\0';
+		for (char *p = line;; ) {
+			char *tab = strchr(p, '\t');
+			if (n == 16)
+				spec_error("too many fields");
+			fields[n++] = p;
+			if (!tab)
+				break;
+			*tab = '\0';
+			p = tab + 1;
+		}
+		if (spec_line == 1) {
+			if (strcmp(fields[0], "version") || n != 2 || strcmp(fields[1], "1"))
+				spec_error("first record must be 'version\\t1'");
+		} else {
+			spec_record(fields, n);
+		}
+		line = end + 1;
+	}
+	if (spec_line == 1)
+		spec_error("empty spec");
+	spec_check();
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Runtime directory: the uid lock and the state file                                        */
+
+static int open_subdir(int parent, const char *name)
+{
+	int fd;
+	if (mkdirat(parent, name, 0700) < 0 && errno != EEXIST)
+		die_errno("EINTERNAL", "mkdir(%s/%s)", S.rundir, name);
+	fd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		die_errno("EINTERNAL", "open(%s/%s)", S.rundir, name);
+	return fd;
+}
+
+static void rundir_open_and_lock(void)
+{
+	char name[64];
+	int rundir, uids;
+
+	if (mkdir(S.rundir, 0700) < 0 && errno != EEXIST)
+		die_errno("EINTERNAL", "mkdir(%s)", S.rundir);
+	rundir = open(S.rundir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (rundir < 0)
+		die_errno("EINTERNAL", "open(%s)", S.rundir);
+	G.instdir = open_subdir(rundir, "instances");
+	uids = open_subdir(rundir, "uids");
+	close(rundir);
+
+	snprintf(name, sizeof name, "%u.lock", (unsigned)S.uid);
+	G.lockfd = openat(uids, name, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (G.lockfd < 0)
+		die_errno("EINTERNAL", "open(uids/%s)", name);
+	close(uids);
+	/* held for the launcher's whole life: one live instance per sandbox uid */
+	if (flock(G.lockfd, LOCK_EX | LOCK_NB) < 0) {
+		if (errno != EWOULDBLOCK)
+			die_errno("EINTERNAL", "flock(uids/%s)", name);
+		logmsg("uid %u is in use by another instance", (unsigned)S.uid);
+		readiness("error\tEUID_BUSY\tuid %u is in use by another instance", (unsigned)S.uid);
+		G.phase = PHASE_EXITED;
+		snprintf(G.reason, sizeof G.reason, "uid %u busy", (unsigned)S.uid);
+		state_write();
+		_exit(EXIT_BUSY);
+	}
+}
+
+/* RUNDIR/instances/ID.state: ID.state.tmp, fsync, rename, so a reader sees old or new. */
+static void state_write(void)
+{
+	static const char *const names[] = {"starting", "running", "stopping", "exited"};
+	char tmp[64], final[64], text[1024];
+	int fd, n;
+
+	if (G.instdir < 0)
+		return;
+	sanitize_line(G.reason);
+	n = snprintf(text, sizeof text,
+		     "state=%s\nlauncher_pid=%d\nserver_pid=%d\nmnt_id=%llu\nexit_code=%d\n"
+		     "exit_signal=%d\nreason=%s\nended_at=%lld\n",
+		     names[G.phase], (int)getpid(), (int)G.server_pid,
+		     (unsigned long long)G.mnt_id, G.exit_code, G.exit_signal, G.reason,
+		     G.phase == PHASE_EXITED ? (long long)clock_ms(CLOCK_REALTIME) : 0LL);
+	snprintf(tmp, sizeof tmp, "%llu.state.tmp", S.id);
+	snprintf(final, sizeof final, "%llu.state", S.id);
+	fd = openat(G.instdir, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		logmsg("open(instances/%s): %s", tmp, strerror(errno));
+		return;
+	}
+	if (!write_all(fd, text, (size_t)n) || fsync(fd) < 0)
+		logmsg("write(instances/%s): %s", tmp, strerror(errno));
+	close(fd);
+	if (renameat(G.instdir, tmp, G.instdir, final) < 0)
+		logmsg("rename(instances/%s): %s", final, strerror(errno));
+}
+
+static void set_phase(enum phase p)
+{
+	G.phase = p;
+	state_write();
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Process setup of the launcher itself                                                      */
+
+static void launcher_setup_process(void)
+{
+	sigset_t mask;
+
+	/* The broker may start us as a session leader already (detached spawn). */
+	if (setsid() < 0 && getsid(0) != getpid())
+		die_errno("EINTERNAL", "setsid");
+	/* The broker may be gone: a write to the readiness pipe must fail, not kill us. */
+	if (signal(SIGPIPE, SIG_IGN) == SIG_ERR)
+		die_errno("EINTERNAL", "signal(SIGPIPE)");
+	sigemptyset(&mask);
+	sigaddset(&mask, SIGTERM);
+	sigaddset(&mask, SIGINT);
+	sigaddset(&mask, SIGHUP);
+	sigaddset(&mask, SIGCHLD);
+	if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0)
+		die_errno("EINTERNAL", "sigprocmask");
+	G.sigfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+	if (G.sigfd < 0)
+		die_errno("EINTERNAL", "signalfd");
+	/*
+	 * Supplementary groups of the launcher (root's, e.g. 0) would follow the sandbox child
+	 * into its user namespace, where setgroups is denied and they cannot be dropped any
+	 * more. The launcher needs none of them.
+	 */
+	if (setgroups(0, NULL) < 0)
+		die_errno("EINTERNAL", "setgroups(0)");
+}
+
+static int read_cap_last_cap(void)
+{
+	char buf[16] = {0};
+	int fd = open("/proc/sys/kernel/cap_last_cap", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 63;  /* PR_CAPBSET_DROP then fails EINVAL above the last cap: harmless */
+	if (read(fd, buf, sizeof buf - 1) <= 0)
+		buf[0] = '\0';
+	close(fd);
+	return buf[0] ? atoi(buf) : 63;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* The caller's mount namespace                                                              */
+
+/*
+ * Pin the caller's mount namespace for the instance's life: the mount is attached there and
+ * must be detached there later, maybe after the caller process has exited.
+ */
+static void pin_caller_mntns(void)
+{
+	int fd = ioctl(S.fd_caller_pidfd, PIDFD_GET_MNT_NAMESPACE, 0);
+	if (fd < 0 && (errno == ENOTTY || errno == EINVAL)) {
+		/* Before 6.11: /proc/PID/ns/mnt, then make sure PID was still the caller. */
+		char path[64], line[128];
+		int pid = -1;
+		FILE *fi;
+		snprintf(path, sizeof path, "/proc/self/fdinfo/%d", S.fd_caller_pidfd);
+		fi = fopen(path, "re");
+		if (!fi)
+			die_errno("EATTACH", "open(%s)", path);
+		while (fgets(line, sizeof line, fi))
+			if (sscanf(line, "Pid: %d", &pid) == 1)
+				break;
+		fclose(fi);
+		if (pid <= 0)
+			fail("EATTACH", "the caller process is gone or not in our pid namespace");
+		snprintf(path, sizeof path, "/proc/%d/ns/mnt", pid);
+		fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			die_errno("EATTACH", "open(%s)", path);
+		/* The pidfd still names a live process, so PID was not reused meanwhile. */
+		if (pidfd_send_signal(S.fd_caller_pidfd, 0, NULL, 0) < 0)
+			die_errno("EATTACH", "pidfd_send_signal(caller, 0)");
+	} else if (fd < 0) {
+		die_errno("EATTACH", "ioctl(caller pidfd, PIDFD_GET_MNT_NAMESPACE)");
+	}
+	if (fcntl(fd, F_SETFD, FD_CLOEXEC) < 0)
+		die_errno("EINTERNAL", "fcntl(mntns, FD_CLOEXEC)");
+	if (ioctl(fd, NS_GET_NSTYPE) != CLONE_NEWNS)
+		fail("EATTACH", "the caller's namespace fd is not a mount namespace");
+	G.nsfd = fd;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* The FUSE mount (detached until the checker attaches it)                                   */
+
+/* The kernel explains a failed fsconfig in the fs context's log; fetch the last line. */
+static const char *fs_context_log(int fsfd)
+{
+	static char msg[600];
+	char buf[512];
+	ssize_t n;
+	msg[0] = '\0';
+	while ((n = read(fsfd, buf, sizeof buf - 1)) > 0) {
+		buf[n] = '\0';
+		if (buf[n - 1] == '\n')
+			buf[n - 1] = '\0';
+		snprintf(msg, sizeof msg, " (%s)", buf);
+	}
+	return msg;
+}
+
+static void fsconfig_string(int fsfd, const char *key, const char *value)
+{
+	if (fsconfig(fsfd, FSCONFIG_SET_STRING, key, value, 0) < 0) {
+		int err = errno;
+		const char *log = fs_context_log(fsfd);
+		errno = err;
+		die_errno("EMOUNT", "fsconfig(%s)%s", key, log);
+	}
+}
+
+static void fsconfig_uint(int fsfd, const char *key, unsigned long long value)
+{
+	char s[32];
+	snprintf(s, sizeof s, "%llu", value);
+	fsconfig_string(fsfd, key, s);
+}
+
+static void create_fuse_mount(void)
+{
+	int fsfd;
+	unsigned attrs = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | (S.readonly ? MOUNT_ATTR_RDONLY : 0);
+
+	G.devfuse = open("/dev/fuse", O_RDWR | O_CLOEXEC);
+	if (G.devfuse < 0)
+		die_errno("EMOUNT", "open(/dev/fuse)");
+	fsfd = fsopen("fuse", FSOPEN_CLOEXEC);
+	if (fsfd < 0)
+		die_errno("EMOUNT", "fsopen(fuse)");
+	fsconfig_uint(fsfd, "fd", (unsigned)G.devfuse);
+	fsconfig_string(fsfd, "rootmode", "40000");
+	fsconfig_uint(fsfd, "user_id", S.owner_uid);
+	fsconfig_uint(fsfd, "group_id", S.owner_gid);
+	fsconfig_string(fsfd, "source", S.fsname ? S.fsname : "fuse-svc");
+	if (S.subtype)
+		fsconfig_string(fsfd, "subtype", S.subtype);
+	if (S.max_read >= 0)
+		fsconfig_uint(fsfd, "max_read", (unsigned long long)S.max_read);
+	if (fsconfig(fsfd, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0) {
+		int err = errno;
+		const char *log = fs_context_log(fsfd);
+		errno = err;
+		die_errno("EMOUNT", "fsconfig(FSCONFIG_CMD_CREATE)%s", log);
+	}
+	G.mntfd = fsmount(fsfd, FSMOUNT_CLOEXEC, attrs);
+	if (G.mntfd < 0)
+		die_errno("EMOUNT", "fsmount");
+	close(fsfd);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Seccomp filters (built in the launcher, loaded by the sandbox child)                      */
+
+static scmp_filter_ctx build_policy_filter(void)
+{
+	scmp_filter_ctx ctx = seccomp_init(S.seccomp_default);
+	int r;
+	if (!ctx)
+		fail("ESANDBOX", "seccomp_init failed");
+	/* seccomp_init() already added the native arch; other arches only when listed. */
+	for (size_t i = 0; i < S.narches; i++) {
+		uint32_t arch = strcmp(S.arches[i], "native") ? seccomp_arch_resolve_name(S.arches[i])
+							      : seccomp_arch_native();
+		if (!arch)
+			fail("ESANDBOX", "unknown seccomp arch: %s", S.arches[i]);
+		r = seccomp_arch_add(ctx, arch);
+		if (r < 0 && r != -EEXIST) {
+			errno = -r;
+			die_errno("ESANDBOX", "seccomp_arch_add(%s)", S.arches[i]);
+		}
+	}
+	for (size_t i = 0; i < S.nrules; i++) {
+		const struct seccomp_rule_entry *e = &S.rules[i];
+		int nr = seccomp_syscall_resolve_name(e->name);
+		if (nr == __NR_SCMP_ERROR) {
+			logmsg("seccomp: syscall %s unknown to libseccomp, rule skipped", e->name);
+			continue;
+		}
+		r = seccomp_rule_add_array(ctx, e->action, nr, e->nargs, e->args);
+		if (r == -EACCES) {
+			/* libseccomp refuses a rule whose action equals the default: it is a no-op */
+			continue;
+		}
+		if (r < 0) {
+			errno = -r;
+			die_errno("ESANDBOX", "seccomp_rule_add(%s)", e->name);
+		}
+	}
+	return ctx;
+}
+
+/* open/openat/openat2 stop and wait for the launcher (see handle_notification). */
+static scmp_filter_ctx build_notify_filter(void)
+{
+	static const char *const calls[] = {"open", "openat", "openat2"};
+	scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);
+	int r;
+	if (!ctx)
+		fail("ESANDBOX", "seccomp_init(notify) failed");
+	/* foreign-arch calls are the policy filter's business, not this one's */
+	r = seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_ALLOW);
+	if (r < 0) {
+		errno = -r;
+		die_errno("ESANDBOX", "seccomp_attr_set(BADARCH)");
+	}
+	for (size_t i = 0; i < sizeof calls / sizeof calls[0]; i++) {
+		int nr = seccomp_syscall_resolve_name(calls[i]);
+		if (nr == __NR_SCMP_ERROR)
+			continue;
+		r = seccomp_rule_add(ctx, SCMP_ACT_NOTIFY, nr, 0);
+		if (r < 0) {
+			errno = -r;
+			die_errno("ESANDBOX", "seccomp_rule_add(notify %s)", calls[i]);
+		}
+	}
+	return ctx;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* The sandbox child: everything here runs in the new namespaces, before exec               */
+
+struct child_fds {
+	int release_rd, release_wr;  /* parent -> child: maps written, go on */
+	int err_rd, err_wr;          /* child -> parent: "CODE\tmsg", or EOF at exec (CLOEXEC) */
+	int sock_parent, sock_child; /* child -> parent: the seccomp listener, by SCM_RIGHTS */
+	int log_rd, log_wr;          /* server stdout/stderr -> launcher */
+};
+
+static void mkdir_p(const char *path, mode_t mode)
+{
+	char buf[PATH_MAX];
+	snprintf(buf, sizeof buf, "%s", path);
+	for (char *p = buf + 1;; p++) {
+		if (*p == '/' || *p == '\0') {
+			char c = *p;
+			*p = '\0';
+			if (mkdir(buf, mode) < 0 && errno != EEXIST)
+				die_errno("ESANDBOX", "mkdir(%s)", buf);
+			if (c == '\0')
+				return;
+			*p = c;
+		}
+	}
+}
+
+static void mkdir_parent(const char *path)
+{
+	char buf[PATH_MAX];
+	char *slash;
+	snprintf(buf, sizeof buf, "%s", path);
+	slash = strrchr(buf, '/');
+	if (slash && slash != buf) {
+		*slash = '\0';
+		mkdir_p(buf, 0755);
+	}
+}
+
+static void create_file(const char *path, mode_t mode)
+{
+	int fd;
+	mkdir_parent(path);
+	fd = open(path, O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, mode);
+	if (fd < 0)
+		die_errno("ESANDBOX", "create(%s)", path);
+	close(fd);
+}
+
+static void set_mount_attrs(const char *path, unsigned attrs, bool recursive)
+{
+	struct mount_attr attr = {.attr_set = attrs};
+	if (mount_setattr(AT_FDCWD, path, recursive ? AT_RECURSIVE : 0, &attr, sizeof attr) < 0)
+		die_errno("ESANDBOX", "mount_setattr(%s)", path);
+}
+
+/* Bind host path SRC (seen under OLD_ROOT) to DST in the new root, nosuid,nodev (+ro). */
+static void bind_into_root(const char *src, const char *dst, bool rw, unsigned extra_attrs)
+{
+	char from[PATH_MAX], to[PATH_MAX];
+	struct stat st;
+	snprintf(from, sizeof from, OLD_ROOT "%s", src);
+	snprintf(to, sizeof to, NEW_ROOT "%s", dst);
+	if (stat(from, &st) < 0)
+		die_errno("ESANDBOX", "stat(%s)", src);
+	if (S_ISDIR(st.st_mode))
+		mkdir_p(to, 0755);
+	else
+		create_file(to, 0644);
+	if (mount(from, to, NULL, MS_BIND | MS_REC, NULL) < 0)
+		die_errno("ESANDBOX", "mount(bind %s on %s)", src, dst);
+	set_mount_attrs(to, MOUNT_ATTR_NOSUID | extra_attrs | (rw ? 0 : MOUNT_ATTR_RDONLY), true);
+}
+
+static void mount_tmpfs(const char *path, unsigned long flags, const char *opts)
+{
+	if (mount("tmpfs", path, "tmpfs", flags, opts) < 0)
+		die_errno("ESANDBOX", "mount(tmpfs on %s)", path);
+}
+
+static void make_symlink(const char *target, const char *path)
+{
+	if (symlink(target, path) < 0)
+		die_errno("ESANDBOX", "symlink(%s)", path);
+}
+
+/*
+ * Step 1: a scratch tmpfs becomes "/", the host tree is reachable at OLD_ROOT (that is
+ * where bind sources are resolved, so nothing of ours can shadow them), and a second tmpfs
+ * at NEW_ROOT will become the server's root.
+ */
+static void enter_scratch_root(void)
+{
+	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+		die_errno("ESANDBOX", "mount(/, MS_REC|MS_PRIVATE)");
+	mount_tmpfs(BASE_DIR, MS_NOSUID | MS_NODEV, "mode=0755,size=64k");
+	if (mkdir(BASE_DIR OLD_ROOT, 0755) < 0)
+		die_errno("ESANDBOX", "mkdir(%s)", BASE_DIR OLD_ROOT);
+	if (syscall(SYS_pivot_root, BASE_DIR, BASE_DIR OLD_ROOT) < 0)
+		die_errno("ESANDBOX", "pivot_root(%s)", BASE_DIR);
+	if (chdir("/") < 0)
+		die_errno("ESANDBOX", "chdir(/)");
+	if (mkdir(NEW_ROOT, 0755) < 0)
+		die_errno("ESANDBOX", "mkdir(%s)", NEW_ROOT);
+	mount_tmpfs(NEW_ROOT, MS_NOSUID | MS_NODEV, "mode=0755,size=1m,nr_inodes=4096");
+}
+
+/* root_usr: /usr read-only, and the merged-/usr symlinks the host has. */
+static void setup_usr(void)
+{
+	static const char *const links[] = {"lib", "lib32", "lib64", "libx32", "sbin"};
+	bind_into_root("/usr", "/usr", false, MOUNT_ATTR_NODEV);
+	for (size_t i = 0; i < sizeof links / sizeof links[0]; i++) {
+		char host[PATH_MAX], target[64], link[PATH_MAX];
+		struct stat st;
+		snprintf(host, sizeof host, OLD_ROOT "/usr/%s", links[i]);
+		if (lstat(host, &st) < 0 || !S_ISDIR(st.st_mode))
+			continue;
+		snprintf(target, sizeof target, "usr/%s", links[i]);
+		snprintf(link, sizeof link, NEW_ROOT "/%s", links[i]);
+		make_symlink(target, link);
+	}
+}
+
+/*
+ * /bin: libfuse2 runs /bin/fusermount (compiled-in path) to get the FUSE fd, so with
+ * root_bin the real /bin holds only the stand-in, under both names. Otherwise bin -> usr/bin.
+ */
+static void setup_bin(void)
+{
+	if (!S.standin) {
+		if (S.root_usr)
+			make_symlink("usr/bin", NEW_ROOT "/bin");
+		return;
+	}
+	if (mkdir(NEW_ROOT "/bin", 0755) < 0)
+		die_errno("ESANDBOX", "mkdir(/bin)");
+	bind_into_root(S.standin, "/bin/fusermount", false, MOUNT_ATTR_NODEV);
+	bind_into_root(S.standin, "/bin/fusermount3", false, MOUNT_ATTR_NODEV);
+}
+
+/* PrivateDevices=: a tmpfs /dev with only the listed pseudo devices, bound from the host. */
+static void setup_dev(void)
+{
+	if (mkdir(NEW_ROOT "/dev", 0755) < 0)
+		die_errno("ESANDBOX", "mkdir(/dev)");
+	mount_tmpfs(NEW_ROOT "/dev", MS_NOSUID | MS_NOEXEC, "mode=0755,size=64k,nr_inodes=256");
+	for (size_t i = 0; i < S.ndevs; i++) {
+		char path[64];
+		snprintf(path, sizeof path, "/dev/%s", S.devs[i]);
+		bind_into_root(path, path, true, MOUNT_ATTR_NOEXEC);
+	}
+	make_symlink("/proc/self/fd", NEW_ROOT "/dev/fd");
+	make_symlink("/proc/self/fd/0", NEW_ROOT "/dev/stdin");
+	make_symlink("/proc/self/fd/1", NEW_ROOT "/dev/stdout");
+	make_symlink("/proc/self/fd/2", NEW_ROOT "/dev/stderr");
+}
+
+/* PrivateTmp=: a size-limited tmpfs on /tmp, /var/tmp -> /tmp. */
+static void setup_tmp(void)
+{
+	char opts[64];
+	if (S.tmp_size < 0)
+		return;
+	snprintf(opts, sizeof opts, "mode=1777,size=%lld", S.tmp_size);
+	mkdir_p(NEW_ROOT "/tmp", 0755);
+	mount_tmpfs(NEW_ROOT "/tmp", MS_NOSUID | MS_NODEV, opts);
+	mkdir_p(NEW_ROOT "/var", 0755);
+	make_symlink("/tmp", NEW_ROOT "/var/tmp");
+}
+
+/*
+ * ProtectProc=invisible, ProcSubset=pid: a fresh procfs of our pid namespace. The kernel
+ * allows it only while a fully visible procfs is in our mount namespace: the host's /proc
+ * under OLD_ROOT, or inside Docker (whose /proc is masked) the broker's unmasked proc_source.
+ */
+static void setup_proc(void)
+{
+	if (S.proc_source) {
+		char path[PATH_MAX];
+		struct statfs sf;
+		snprintf(path, sizeof path, OLD_ROOT "%s", S.proc_source);
+		if (statfs(path, &sf) < 0)
+			die_errno("ESANDBOX", "statfs(proc_source %s)", S.proc_source);
+		if (sf.f_type != 0x9fa0 /* PROC_SUPER_MAGIC */)
+			fail("ESANDBOX", "proc_source %s is not a procfs", S.proc_source);
+	}
+	if (!S.proc_invisible)
+		return;
+	if (mkdir(NEW_ROOT "/proc", 0755) < 0)
+		die_errno("ESANDBOX", "mkdir(/proc)");
+	if (mount("proc", NEW_ROOT "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+		  "hidepid=invisible,subset=pid") < 0)
+		die_errno("ESANDBOX", "mount(proc, hidepid=invisible,subset=pid)");
+}
+
+/* root_bind / root_dir / root_file, in spec order (after /dev and /tmp exist). */
+static void setup_extras(void)
+{
+	for (size_t i = 0; i < S.nroots; i++) {
+		const struct root_entry *e = &S.roots[i];
+		char path[PATH_MAX];
+		snprintf(path, sizeof path, NEW_ROOT "%s", e->dst);
+		switch (e->kind) {
+		case ROOT_BIND:
+			bind_into_root(e->src, e->dst, e->rw, MOUNT_ATTR_NODEV);
+			break;
+		case ROOT_DIR:
+			mkdir_p(path, 0755);
+			break;
+		case ROOT_FILE:
+			create_file(path, 0644);
+			break;
+		}
+	}
+}
+
+/* Step 3: pivot into NEW_ROOT, drop the scratch root (and the host tree with it), seal "/". */
+static void switch_to_new_root(void)
+{
+	set_mount_attrs(NEW_ROOT "/dev", MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC, false);
+	if (chdir(NEW_ROOT) < 0)
+		die_errno("ESANDBOX", "chdir(%s)", NEW_ROOT);
+	if (syscall(SYS_pivot_root, ".", ".") < 0)
+		die_errno("ESANDBOX", "pivot_root(.)");
+	/* the old root is now stacked on "/": detach it, host tree included */
+	if (umount2(".", MNT_DETACH) < 0)
+		die_errno("ESANDBOX", "umount2(old root)");
+	if (chdir("/") < 0)
+		die_errno("ESANDBOX", "chdir(/)");
+	set_mount_attrs("/", MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, false);
+}
+
+static void drop_capabilities(void)
+{
+	struct __user_cap_header_struct hdr = {.version = _LINUX_CAPABILITY_VERSION_3};
+	struct __user_cap_data_struct data[2] = {{0}};
+	for (int c = 0; c <= G.cap_last; c++)
+		if (prctl(PR_CAPBSET_DROP, c, 0, 0, 0) < 0 && errno != EINVAL)
+			die_errno("ESANDBOX", "prctl(PR_CAPBSET_DROP, %d)", c);
+	if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0)
+		die_errno("ESANDBOX", "prctl(PR_CAP_AMBIENT_CLEAR_ALL)");
+	if (syscall(SYS_capset, &hdr, data) < 0)
+		die_errno("ESANDBOX", "capset(0)");
+}
+
+/* Park an fd above HIGH_FD (CLOEXEC) so the final dup2()s cannot clobber each other. */
+static int park_fd(int fd)
+{
+	int high = fcntl(fd, F_DUPFD_CLOEXEC, HIGH_FD);
+	if (high < 0)
+		die_errno("ESANDBOX", "fcntl(F_DUPFD_CLOEXEC, %d)", fd);
+	return high;
+}
+
+static void place_fd(int from, int to)
+{
+	if (dup2(from, to) < 0)  /* the copy at `to` is not CLOEXEC: the server inherits it */
+		die_errno("ESANDBOX", "dup2(%d, %d)", from, to);
+}
+
+/*
+ * Final fd layout of the server: 0 /dev/null, 1+2 the log pipe, fuse_fd the FUSE fd,
+ * 3 the unit connection (listen_env). Everything else is marked close-on-exec, so the
+ * error pipe and the listener socket keep working until the exec itself.
+ */
+static void arrange_fds(struct child_fds *c)
+{
+	int log_wr = park_fd(c->log_wr), fuse = -1, conn = -1, keep[2];
+	size_t nkeep = 0;
+	G.sandbox_err_fd = c->err_wr = park_fd(c->err_wr);
+	if (S.sentinel)
+		c->sock_child = park_fd(c->sock_child);
+	if (S.mount_fuse)
+		fuse = park_fd(G.devfuse);
+	if (S.listen_env)
+		conn = park_fd(S.fd_conn);
+
+	place_fd(log_wr, STDOUT_FILENO);
+	place_fd(log_wr, STDERR_FILENO);
+	if (conn >= 0) {
+		place_fd(conn, 3);
+		keep[nkeep++] = 3;
+	}
+	if (fuse >= 0) {
+		place_fd(fuse, S.fuse_fd);
+		keep[nkeep++] = S.fuse_fd;
+	}
+	if (nkeep == 2 && keep[0] > keep[1]) {  /* cloexec_all_except wants them sorted */
+		int t = keep[0];
+		keep[0] = keep[1];
+		keep[1] = t;
+	}
+	if (cloexec_all_except(keep, nkeep) < 0)
+		die_errno("ESANDBOX", "close_range(CLOSE_RANGE_CLOEXEC)");
+}
+
+static void send_fd(int sock, int fd)
+{
+	char byte = 0, cbuf[CMSG_SPACE(sizeof(int))] = {0};
+	struct iovec iov = {.iov_base = &byte, .iov_len = 1};
+	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1,
+			     .msg_control = cbuf, .msg_controllen = sizeof cbuf};
+	struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+	cm->cmsg_level = SOL_SOCKET;
+	cm->cmsg_type = SCM_RIGHTS;
+	cm->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(cm), &fd, sizeof fd);
+	if (sendmsg(sock, &msg, MSG_NOSIGNAL) != 1)
+		die_errno("ESANDBOX", "sendmsg(seccomp listener)");
+}
+
+/*
+ * The notify filter goes in before the policy filter: the policy may deny seccomp(2) or
+ * sendmsg(2), and the order does not change the result (the kernel takes the strictest
+ * action of all filters: ERRNO and KILL win over USER_NOTIF). Between here and execve()
+ * nothing may open a file, or the child would wait for a launcher that waits for it.
+ */
+static void install_filters(struct child_fds *c)
+{
+	int r;
+	if (S.sentinel) {
+		int listener;
+		r = seccomp_load(G.notifier);
+		if (r < 0) {
+			errno = -r;
+			die_errno("ESANDBOX", "seccomp_load(notify filter)");
+		}
+		listener = seccomp_notify_fd(G.notifier);
+		if (listener < 0)
+			fail("ESANDBOX", "seccomp_notify_fd failed");
+		send_fd(c->sock_child, listener);
+		close(listener);
+		close(c->sock_child);
+	}
+	if (G.policy) {
+		r = seccomp_load(G.policy);
+		if (r < 0) {
+			errno = -r;
+			die_errno("ESANDBOX", "seccomp_load(policy)");
+		}
+	}
+}
+
+static noreturn void sandbox_child(struct child_fds *c)
+{
+	char byte;
+	sigset_t none;
+
+	G.role = ROLE_SANDBOX;
+	G.sandbox_err_fd = c->err_wr;
+	close(c->err_rd);
+	close(c->release_wr);
+	close(c->log_rd);
+	if (c->sock_parent >= 0)
+		close(c->sock_parent);
+	umask(0);  /* explicit modes while building the root */
+
+	/* Die with the launcher; and nobody may ptrace or read us while we hold fds. */
+	if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
+		die_errno("ESANDBOX", "prctl(PR_SET_PDEATHSIG)");
+	if (prctl(PR_SET_DUMPABLE, 0) < 0)
+		die_errno("ESANDBOX", "prctl(PR_SET_DUMPABLE)");
+
+	/* Wait until the parent wrote uid_map/gid_map (EOF: the parent failed; just go). */
+	if (read(c->release_rd, &byte, 1) != 1)
+		_exit(127);
+	close(c->release_rd);
+
+	/*
+	 * Become the sandbox uid/gid now: inodes we create in our tmpfs need a mapped owner.
+	 * Our capabilities in the user namespace survive this: only a change away from the
+	 * namespace's uid 0 clears them, and uid 0 is not mapped here.
+	 */
+	if (setresgid(S.gid, S.gid, S.gid) < 0)
+		die_errno("ESANDBOX", "setresgid(%u)", (unsigned)S.gid);
+	if (setresuid(S.uid, S.uid, S.uid) < 0)
+		die_errno("ESANDBOX", "setresuid(%u)", (unsigned)S.uid);
+	if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)  /* a credential change cleared it */
+		die_errno("ESANDBOX", "prctl(PR_SET_PDEATHSIG)");
+	/* The parent moved us into the instance cgroup; that becomes our cgroup ns root. */
+	if (unshare(CLONE_NEWCGROUP) < 0)
+		die_errno("ESANDBOX", "unshare(CLONE_NEWCGROUP)");
+
+	enter_scratch_root();
+	if (S.root_usr)
+		setup_usr();
+	setup_bin();
+	setup_dev();
+	setup_tmp();
+	setup_proc();
+	setup_extras();
+	switch_to_new_root();
+
+	if (S.hostname && sethostname(S.hostname, strlen(S.hostname)) < 0)
+		die_errno("ESANDBOX", "sethostname");
+	if (chdir(S.cwd ? S.cwd : "/") < 0)
+		die_errno("ESANDBOX", "chdir(%s)", S.cwd ? S.cwd : "/");
+	drop_capabilities();
+	if ((S.nnp || G.policy || S.sentinel) && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+		die_errno("ESANDBOX", "prctl(PR_SET_NO_NEW_PRIVS)");
+	arrange_fds(c);
+	umask(S.have_umask ? S.umask_value : 022);
+	sigemptyset(&none);
+	if (sigprocmask(SIG_SETMASK, &none, NULL) < 0 || signal(SIGPIPE, SIG_DFL) == SIG_ERR)
+		die_errno("ESANDBOX", "reset signals");
+	install_filters(c);
+
+	execve(S.exec, S.args, S.env ? S.env : (char *[]){NULL});
+	die_errno("ESERVER_START", "execve(%s)", S.exec);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Starting the sandbox (launcher side)                                                      */
+
+static void write_proc_file(int procdir, const char *name, const char *text)
+{
+	int fd = openat(procdir, name, O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		die_errno("ESANDBOX", "open(/proc/PID/%s)", name);
+	if (write(fd, text, strlen(text)) != (ssize_t)strlen(text))
+		die_errno("ESANDBOX", "write(/proc/PID/%s)", name);
+	close(fd);
+}
+
+/* What a privileged parent must do for the child before it may go on. */
+static void configure_child(pid_t pid)
+{
+	char path[64], text[64];
+	int procdir;
+
+	/*
+	 * /proc/PID names exactly our child here: it is our unreaped child, so PID cannot be
+	 * recycled until we wait for it, and the dirfd keeps naming that process after.
+	 */
+	snprintf(path, sizeof path, "/proc/%d", (int)pid);
+	procdir = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (procdir < 0)
+		die_errno("ESANDBOX", "open(%s)", path);
+	snprintf(text, sizeof text, "%u %u 1\n", (unsigned)S.uid, (unsigned)S.uid);
+	write_proc_file(procdir, "uid_map", text);
+	write_proc_file(procdir, "setgroups", "deny");
+	snprintf(text, sizeof text, "%u %u 1\n", (unsigned)S.gid, (unsigned)S.gid);
+	write_proc_file(procdir, "gid_map", text);
+	/* Lowering oom_score_adj and raising hard rlimits need privileges in the initial
+	 * user namespace, which the child no longer has: done from here. */
+	if (S.have_oom) {
+		snprintf(text, sizeof text, "%d", S.oom_score_adj);
+		write_proc_file(procdir, "oom_score_adj", text);
+	}
+	close(procdir);
+	for (size_t i = 0; i < S.nrlimits; i++)
+		if (prlimit(pid, S.rlimits[i].resource, &S.rlimits[i].limit, NULL) < 0)
+			die_errno("ESANDBOX", "prlimit(%d)", S.rlimits[i].resource);
+	if (S.cgroup) {
+		int fd = open(S.cgroup, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (fd < 0)
+			die_errno("ESANDBOX", "open(%s)", S.cgroup);
+		snprintf(text, sizeof text, "%d", (int)pid);
+		write_proc_file(fd, "cgroup.procs", text);
+		close(fd);
+	}
+}
+
+static int recv_fd(int sock)
+{
+	char byte, cbuf[CMSG_SPACE(sizeof(int))];
+	struct iovec iov = {.iov_base = &byte, .iov_len = 1};
+	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1,
+			     .msg_control = cbuf, .msg_controllen = sizeof cbuf};
+	struct cmsghdr *cm;
+	int fd = -1;
+	ssize_t n;
+	do
+		n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+	while (n < 0 && errno == EINTR);
+	if (n <= 0)
+		return -1;
+	cm = CMSG_FIRSTHDR(&msg);
+	if (cm && cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS &&
+	    cm->cmsg_len == CMSG_LEN(sizeof(int)))
+		memcpy(&fd, CMSG_DATA(cm), sizeof fd);
+	return fd;
+}
+
+/* EOF on the CLOEXEC error pipe = the child exec'd; otherwise "CODE\tmessage". */
+static void wait_for_exec(int err_rd)
+{
+	char buf[800];
+	size_t len = 0;
+	ssize_t n;
+	while ((n = read(err_rd, buf + len, sizeof buf - 1 - len)) != 0) {
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			die_errno("EINTERNAL", "read(sandbox error pipe)");
+		len += (size_t)n;
+		if (len == sizeof buf - 1)
+			break;
+	}
+	close(err_rd);
+	if (len == 0)
+		return;
+	buf[len] = '\0';
+	char *tab = strchr(buf, '\t');
+	if (!tab)
+		fail("ESANDBOX", "sandbox setup failed");
+	*tab = '\0';
+	fail(buf, "%s", tab + 1);
+}
+
+static void start_sandbox(void)
+{
+	struct child_fds c;
+	int p[2];
+
+	if (pipe2(p, O_CLOEXEC) < 0)
+		die_errno("EINTERNAL", "pipe2(release)");
+	c.release_rd = p[0], c.release_wr = p[1];
+	if (pipe2(p, O_CLOEXEC) < 0)
+		die_errno("EINTERNAL", "pipe2(error)");
+	c.err_rd = p[0], c.err_wr = p[1];
+	if (pipe2(p, O_CLOEXEC) < 0)
+		die_errno("EINTERNAL", "pipe2(log)");
+	c.log_rd = p[0], c.log_wr = p[1];
+	c.sock_parent = c.sock_child = -1;
+	if (S.sentinel) {
+		if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, p) < 0)
+			die_errno("EINTERNAL", "socketpair(listener)");
+		c.sock_parent = p[0], c.sock_child = p[1];
+	}
+
+	/* CLONE_NEWCGROUP is left to the child (unshare after the cgroup move). */
+	G.server_pid = clone_pidfd(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET |
+					   CLONE_NEWIPC | CLONE_NEWUTS, &G.server_pidfd);
+	if (G.server_pid < 0)
+		die_errno("ESANDBOX", "clone3(namespaces)");
+	if (G.server_pid == 0)
+		sandbox_child(&c);
+
+	close(c.release_rd);
+	close(c.err_wr);
+	close(c.log_wr);
+	if (c.sock_child >= 0)
+		close(c.sock_child);
+	G.log_fd = c.log_rd;
+	if (fcntl(G.log_fd, F_SETFL, O_NONBLOCK) < 0)
+		die_errno("EINTERNAL", "fcntl(log, O_NONBLOCK)");
+
+	configure_child(G.server_pid);
+	if (write(c.release_wr, "g", 1) != 1)
+		die_errno("ESANDBOX", "write(release pipe)");
+	close(c.release_wr);
+
+	if (S.sentinel) {
+		/* EOF here means the child failed before its filter: the error pipe says why. */
+		G.notify_fd = recv_fd(c.sock_parent);
+		close(c.sock_parent);
+		if (G.notify_fd >= 0 && fcntl(G.notify_fd, F_SETFL, O_NONBLOCK) < 0)
+			die_errno("EINTERNAL", "fcntl(listener, O_NONBLOCK)");
+	}
+	wait_for_exec(c.err_rd);
+	if (S.sentinel && G.notify_fd < 0)
+		fail("ESANDBOX", "no seccomp listener from the sandbox");
+	/* The server holds the FUSE fd now. If we kept a copy, a dead server would leave a
+	 * hung mount instead of one that answers ENOTCONN. */
+	close_fd(&G.devfuse);
+	state_write();
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Helpers: the checker (ready + attach) and the detacher                                    */
+
+enum check_stage { CHECK_OK, CHECK_STATFS, CHECK_STATX, CHECK_SETNS, CHECK_MOVE_MOUNT };
+struct check_result {
+	int stage;
+	int err;
+	uint64_t mnt_id;
+};
+
+/*
+ * The checker blocks in fstatfs() until the server answered FUSE_INIT and STATFS (or fails
+ * ENOTCONN when it died), so it runs in its own process while the launcher keeps serving
+ * the server's seccomp notifications. Then it enters the caller's mount namespace and
+ * attaches the mount on the caller's target fd; no path is resolved there.
+ */
+static noreturn void checker_child(int wr)
+{
+	struct check_result r = {0};
+	struct statfs sf;
+	struct statx stx;
+
+	G.role = ROLE_HELPER;
+	close_fd(&G.lockfd);
+	if (fstatfs(G.mntfd, &sf) < 0) {
+		r.stage = CHECK_STATFS, r.err = errno;
+		goto out;
+	}
+	/* the unique mount id, for the broker's records (0 if the kernel has none) */
+	if (statx(G.mntfd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_MNT_ID_UNIQUE, &stx) < 0) {
+		r.stage = CHECK_STATX, r.err = errno;
+		goto out;
+	}
+	r.mnt_id = (stx.stx_mask & STATX_MNT_ID_UNIQUE) ? stx.stx_mnt_id : 0;
+	if (setns(G.nsfd, CLONE_NEWNS) < 0) {
+		r.stage = CHECK_SETNS, r.err = errno;
+		goto out;
+	}
+	if (move_mount(G.mntfd, "", S.fd_target, "",
+		       MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0)
+		r.stage = CHECK_MOVE_MOUNT, r.err = errno;
+out:
+	if (write(wr, &r, sizeof r) != sizeof r)
+		_exit(1);
+	_exit(0);
+}
+
+static void start_checker(void)
+{
+	int p[2];
+	if (pipe2(p, O_CLOEXEC) < 0)
+		die_errno("EINTERNAL", "pipe2(checker)");
+	G.checker_pid = clone_pidfd(0, &G.checker_pidfd);
+	if (G.checker_pid < 0)
+		die_errno("EINTERNAL", "clone3(checker)");
+	if (G.checker_pid == 0) {
+		close(p[0]);
+		checker_child(p[1]);
+	}
+	close(p[1]);
+	G.checker_rd = p[0];
+	G.maybe_attached = true;
+	G.ready_deadline = now_ms() + S.ready_timeout_ms;
+}
+
+/* Wait for a child through its pidfd; returns its siginfo. */
+static siginfo_t reap(int *pidfd)
+{
+	siginfo_t si = {0};
+	while (waitid((idtype_t)P_PIDFD, (id_t)*pidfd, &si, WEXITED) < 0 && errno == EINTR) {}
+	close_fd(pidfd);
+	return si;
+}
+
+static void kill_and_reap(int *pidfd)
+{
+	if (*pidfd < 0)
+		return;
+	pidfd_send_signal(*pidfd, SIGKILL, NULL, 0);
+	reap(pidfd);
+}
+
+/*
+ * Detach the mount in the caller's namespace without resolving any path there (a hostile
+ * caller could have planted a fake /proc): /proc/self/fd is opened first, in our own
+ * namespace, and the mount is named by our own fd number relative to it.
+ */
+static noreturn void detacher_child(void)
+{
+	char name[16];
+	int fddir;
+	G.role = ROLE_HELPER;
+	close_fd(&G.lockfd);
+	fddir = open("/proc/self/fd", O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (fddir < 0)
+		_exit(errno);
+	if (setns(G.nsfd, CLONE_NEWNS) < 0 || fchdir(fddir) < 0)
+		_exit(errno);
+	snprintf(name, sizeof name, "%d", G.mntfd);
+	if (umount2(name, MNT_DETACH) < 0)
+		_exit(errno);
+	_exit(0);
+}
+
+static void detach_mount(void)
+{
+	int pidfd;
+	pid_t pid;
+	siginfo_t si;
+
+	if (!G.maybe_attached || G.mntfd < 0 || G.nsfd < 0)
+		return;
+	pid = clone_pidfd(0, &pidfd);
+	if (pid < 0) {
+		logmsg("clone3(detacher): %s", strerror(errno));
+		return;
+	}
+	if (pid == 0)
+		detacher_child();
+	si = reap(&pidfd);
+	if (si.si_code != CLD_EXITED)
+		logmsg("detach: helper killed by signal %d", si.si_status);
+	else if (si.si_status == EINVAL)
+		logmsg("detach: not mounted in the caller's namespace (already unmounted)");
+	else if (si.si_status != 0)
+		logmsg("detach: umount2: %s", strerror(si.si_status));
+	else
+		logmsg("detached the mount in the caller's namespace");
+	G.maybe_attached = false;
+}
+
+/* Everything that must not outlive a failed start: helpers, server, mount, fds. */
+static void teardown_before_ready(void)
+{
+	kill_and_reap(&G.checker_pidfd);
+	detach_mount();
+	close_fd(&G.mntfd);
+	close_fd(&G.devfuse);
+	if (G.server_pidfd >= 0) {
+		siginfo_t si;
+		pidfd_send_signal(G.server_pidfd, SIGKILL, NULL, 0);
+		si = reap(&G.server_pidfd);
+		if (si.si_code == CLD_EXITED)
+			G.exit_code = si.si_status;
+		else
+			G.exit_signal = si.si_status;
+	}
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Serving the server: seccomp notifications, its output                                     */
+
+/* Read a NUL-terminated string from the target, page by page (a page may be unmapped). */
+static bool read_remote_string(pid_t pid, uint64_t addr, char *buf, size_t size)
+{
+	size_t got = 0;
+	const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+	while (got < size - 1) {
+		size_t chunk = page - (size_t)((addr + got) % page);
+		if (chunk > size - 1 - got)
+			chunk = size - 1 - got;
+		struct iovec local = {.iov_base = buf + got, .iov_len = chunk};
+		struct iovec remote = {.iov_base = (void *)(uintptr_t)(addr + got), .iov_len = chunk};
+		ssize_t n = process_vm_readv(pid, &local, 1, &remote, 1, 0);
+		if (n <= 0)
+			return false;
+		if (memchr(buf + got, '\0', (size_t)n))
+			return true;
+		got += (size_t)n;
+	}
+	return false;  /* longer than PATH_MAX: not our sentinel */
+}
+
+static void notify_respond(uint64_t id, int error, uint32_t flags)
+{
+	struct seccomp_notif_resp resp = {.id = id, .error = error ? -error : 0, .flags = flags};
+	if (ioctl(G.notify_fd, SECCOMP_IOCTL_NOTIF_SEND, &resp) < 0 && errno != ENOENT)
+		logmsg("SECCOMP_IOCTL_NOTIF_SEND: %s", strerror(errno));
+}
+
+/*
+ * One open/openat/openat2 of the server. The sentinel path gets the caller's source fd,
+ * injected atomically as the syscall's result (ADDFD + SEND); every other open continues
+ * as if nothing happened. Reading the path is racy against the target's other threads,
+ * which is fine: the answer only ever grants the server its own source, never a check.
+ * A read-write open of a read-only source fails EROFS rather than quietly getting a
+ * read-only fd (the server should learn at open time, not at its first write).
+ */
+static void handle_notification(void)
+{
+	struct seccomp_notif req;
+	char path[PATH_MAX];
+	uint64_t path_arg, flags;
+
+	memset(&req, 0, sizeof req);
+	if (ioctl(G.notify_fd, SECCOMP_IOCTL_NOTIF_RECV, &req) < 0) {
+		if (errno != ENOENT && errno != EINTR && errno != EAGAIN)
+			logmsg("SECCOMP_IOCTL_NOTIF_RECV: %s", strerror(errno));
+		return;
+	}
+	if (req.data.nr == G.nr_open) {
+		path_arg = req.data.args[0];
+		flags = req.data.args[1];
+	} else if (req.data.nr == G.nr_openat) {
+		path_arg = req.data.args[1];
+		flags = req.data.args[2];
+	} else if (req.data.nr == G.nr_openat2) {
+		struct iovec local = {.iov_base = &flags, .iov_len = sizeof flags};
+		struct iovec remote = {.iov_base = (void *)(uintptr_t)req.data.args[2],
+				       .iov_len = sizeof flags};  /* open_how.flags comes first */
+		path_arg = req.data.args[1];
+		if (process_vm_readv(req.pid, &local, 1, &remote, 1, 0) != sizeof flags)
+			flags = 0;
+	} else {
+		notify_respond(req.id, 0, SECCOMP_USER_NOTIF_FLAG_CONTINUE);
+		return;
+	}
+
+	if (!read_remote_string(req.pid, path_arg, path, sizeof path) ||
+	    strcmp(path, S.sentinel) != 0) {
+		notify_respond(req.id, 0, SECCOMP_USER_NOTIF_FLAG_CONTINUE);
+		return;
+	}
+	/* the pid we read from is still the task that made this call */
+	if (ioctl(G.notify_fd, SECCOMP_IOCTL_NOTIF_ID_VALID, &req.id) < 0)
+		return;
+	if ((flags & O_ACCMODE) != O_RDONLY && G.source_accmode == O_RDONLY) {
+		notify_respond(req.id, EROFS, 0);
+		return;
+	}
+	struct seccomp_notif_addfd addfd = {
+		.id = req.id,
+		.flags = SECCOMP_ADDFD_FLAG_SEND,
+		.srcfd = (uint32_t)S.fd_source,
+		.newfd_flags = (uint32_t)(flags & O_CLOEXEC),
+	};
+	if (ioctl(G.notify_fd, SECCOMP_IOCTL_NOTIF_ADDFD, &addfd) < 0 && errno != ENOENT)
+		logmsg("SECCOMP_IOCTL_NOTIF_ADDFD: %s", strerror(errno));
+}
+
+static void tail_append(const char *buf, size_t n)
+{
+	if (n >= TAIL_MAX) {
+		memcpy(G.tail, buf + n - TAIL_MAX, TAIL_MAX);
+		G.tail_len = TAIL_MAX;
+		return;
+	}
+	if (G.tail_len + n > TAIL_MAX) {
+		size_t drop = G.tail_len + n - TAIL_MAX;
+		memmove(G.tail, G.tail + drop, G.tail_len - drop);
+		G.tail_len -= drop;
+	}
+	memcpy(G.tail + G.tail_len, buf, n);
+	G.tail_len += n;
+}
+
+/* The server's last non-empty output line, for ESERVER_START. */
+static const char *tail_last_line(void)
+{
+	static char line[TAIL_MAX + 1];
+	size_t end = G.tail_len, start;
+	while (end > 0 && (G.tail[end - 1] == '\n' || G.tail[end - 1] == '\r' || G.tail[end - 1] == ' '))
+		end--;
+	start = end;
+	while (start > 0 && G.tail[start - 1] != '\n')
+		start--;
+	memcpy(line, G.tail + start, end - start);
+	line[end - start] = '\0';
+	sanitize_line(line);
+	return line;
+}
+
+/* Copy server output into the instance log (fd 2), at most LOG_CAP bytes in all. */
+static void pump_log(void)
+{
+	char buf[8192];
+	for (;;) {
+		ssize_t n = read(G.log_fd, buf, sizeof buf);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && errno == EAGAIN)
+			return;
+		if (n <= 0) {
+			close_fd(&G.log_fd);
+			return;
+		}
+		tail_append(buf, (size_t)n);
+		size_t room = LOG_CAP - G.log_written, take = (size_t)n < room ? (size_t)n : room;
+		if (take && write_all(STDERR_FILENO, buf, take))
+			G.log_written += take;
+		if (take < (size_t)n) {
+			if (!G.log_dropped)
+				logmsg("server output exceeds %d bytes; dropping the rest", LOG_CAP);
+			G.log_dropped += (size_t)n - take;
+		}
+	}
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Endings                                                                                   */
+
+static void describe_exit(const siginfo_t *si, char *out, size_t size)
+{
+	if (si->si_code == CLD_EXITED) {
+		G.exit_code = si->si_status, G.exit_signal = 0;
+		snprintf(out, size, "server exited with code %d", si->si_status);
+	} else {
+		G.exit_code = -1, G.exit_signal = si->si_status;
+		snprintf(out, size, "killed by signal %d", si->si_status);
+	}
+}
+
+/* After the server is gone: last output, the end state, exit. */
+static noreturn void finish(int status)
+{
+	if (G.log_fd >= 0)
+		pump_log();
+	if (G.log_dropped)
+		logmsg("%zu bytes of server output were dropped", G.log_dropped);
+	close_fd(&G.notify_fd);
+	close_fd(&G.nsfd);
+	logmsg("%s", G.reason);
+	set_phase(PHASE_EXITED);
+	_exit(status);
+}
+
+static void on_server_exit(void)
+{
+	siginfo_t si = {0};
+	char what[128];
+
+	if (waitid((idtype_t)P_PIDFD, (id_t)G.server_pidfd, &si, WEXITED | WNOHANG) < 0 || si.si_pid == 0)
+		return;
+	close_fd(&G.server_pidfd);
+	describe_exit(&si, what, sizeof what);
+
+	switch (G.phase) {
+	case PHASE_STARTING: {
+		const char *last;
+		if (G.log_fd >= 0)
+			pump_log();
+		last = tail_last_line();
+		if (*last)
+			fail("ESERVER_START", "%s", last);
+		fail("ESERVER_START", "%s before it was ready", what);
+	}
+	case PHASE_RUNNING:
+		/* a crash must not leave an ENOTCONN mount behind: detach at once */
+		detach_mount();
+		close_fd(&G.mntfd);
+		snprintf(G.reason, sizeof G.reason, "%s", what);
+		finish(EXIT_ENDED);
+	case PHASE_STOPPING:
+		if (G.exit_code == 0)
+			snprintf(G.reason, sizeof G.reason, "unmounted");
+		else
+			snprintf(G.reason, sizeof G.reason, "unmounted; %s", what);
+		finish(G.exit_code == 0 ? EXIT_STOPPED : EXIT_ENDED);
+	case PHASE_EXITED:
+		break;
+	}
+}
+
+static void on_checker_done(void)
+{
+	struct check_result r = {.stage = -1};
+	siginfo_t si;
+
+	if (read(G.checker_rd, &r, sizeof r) != sizeof r)
+		r.stage = -1;
+	close_fd(&G.checker_rd);
+	si = reap(&G.checker_pidfd);
+
+	switch (r.stage) {
+	case CHECK_OK:
+		break;
+	case CHECK_STATFS:
+		/* the server died or broke the connection: its own exit tells more, if it comes */
+		if (G.server_pidfd >= 0) {
+			struct pollfd p = {.fd = G.server_pidfd, .events = POLLIN};
+			if (poll(&p, 1, 200) == 1)
+				on_server_exit();
+		}
+		errno = r.err;
+		die_errno("ESERVER_START", "statfs on the new mount");
+	case CHECK_STATX:
+		errno = r.err;
+		die_errno("EMOUNT", "statx(mount)");
+	case CHECK_SETNS:
+		errno = r.err;
+		die_errno("EATTACH", "setns(caller mount namespace)");
+	case CHECK_MOVE_MOUNT:
+		errno = r.err;
+		die_errno("EATTACH", "move_mount(caller target)");
+	default:
+		fail("EINTERNAL", "ready checker died (status %d)", si.si_status);
+	}
+
+	G.mnt_id = r.mnt_id;
+	G.ready_deadline = 0;
+	/* The caller's fds did their job; the pinned namespace stays for the detach. */
+	close_fd(&S.fd_target);
+	close_fd(&S.fd_caller_pidfd);
+	set_phase(PHASE_RUNNING);
+	readiness("ready\t%d\t%llu", (int)G.server_pid, (unsigned long long)G.mnt_id);
+	logmsg("ready: server pid %d, mount id %llu", (int)G.server_pid, (unsigned long long)G.mnt_id);
+}
+
+/* SIGTERM/SIGINT/SIGHUP: unmount, then let the server finish (docs/launcher.md). */
+static void begin_stop(int signo)
+{
+	if (G.phase == PHASE_STARTING)
+		fail("EINTERNAL", "stopped by signal %d before ready", signo);
+	if (G.phase == PHASE_STOPPING) {
+		/* asked again: stop waiting for a voluntary exit */
+		if (G.term_deadline)
+			G.term_deadline = now_ms();
+		return;
+	}
+	logmsg("signal %d: stopping", signo);
+	set_phase(PHASE_STOPPING);
+	detach_mount();
+	close_fd(&G.mntfd);
+	/* With a mount, detaching it ends the connection and a FUSE server exits by itself;
+	 * without one (unit mode) there is nothing to wait for. */
+	G.term_deadline = now_ms() + (S.mount_fuse ? S.stop_timeout_ms : 0);
+}
+
+static void on_signals(void)
+{
+	struct signalfd_siginfo si;
+	while (read(G.sigfd, &si, sizeof si) == sizeof si) {
+		if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT || si.ssi_signo == SIGHUP)
+			begin_stop((int)si.ssi_signo);
+		/* SIGCHLD: children are watched through their pidfds */
+	}
+}
+
+static void on_timeouts(void)
+{
+	int64_t now = now_ms();
+	if (G.ready_deadline && now >= G.ready_deadline)
+		fail("ETIMEDOUT_SERVER", "the server did not answer FUSE_INIT within %lld ms",
+		     S.ready_timeout_ms);
+	if (G.term_deadline && now >= G.term_deadline) {
+		logmsg("server still running: SIGTERM");
+		pidfd_send_signal(G.server_pidfd, SIGTERM, NULL, 0);
+		G.term_deadline = 0;
+		G.kill_deadline = now + KILL_GRACE_MS;
+	}
+	if (G.kill_deadline && now >= G.kill_deadline) {
+		logmsg("server still running: SIGKILL");
+		pidfd_send_signal(G.server_pidfd, SIGKILL, NULL, 0);
+		G.kill_deadline = 0;
+	}
+}
+
+static int poll_timeout(void)
+{
+	int64_t next = 0, now = now_ms();
+	int64_t d[] = {G.ready_deadline, G.term_deadline, G.kill_deadline};
+	for (size_t i = 0; i < 3; i++)
+		if (d[i] && (!next || d[i] < next))
+			next = d[i];
+	if (!next)
+		return -1;
+	return next <= now ? 0 : (int)(next - now);
+}
+
+static noreturn void event_loop(void)
+{
+	for (;;) {
+		enum { P_SIG, P_NOTIFY, P_LOG, P_CHECKER, P_SERVER, P_N };
+		struct pollfd p[P_N] = {
+			[P_SIG] = {.fd = G.sigfd, .events = POLLIN},
+			[P_NOTIFY] = {.fd = G.notify_fd, .events = POLLIN},
+			[P_LOG] = {.fd = G.log_fd, .events = POLLIN},
+			[P_CHECKER] = {.fd = G.checker_pidfd, .events = POLLIN},
+			[P_SERVER] = {.fd = G.server_pidfd, .events = POLLIN},
+		};
+		int n = poll(p, P_N, poll_timeout());
+		if (n < 0 && errno != EINTR)
+			die_errno("EINTERNAL", "poll");
+		if (n <= 0) {
+			on_timeouts();
+			continue;
+		}
+		if (p[P_NOTIFY].revents & POLLIN)
+			handle_notification();
+		else if (p[P_NOTIFY].revents & (POLLHUP | POLLERR | POLLNVAL))
+			close_fd(&G.notify_fd);  /* no task uses the filter any more */
+		if (p[P_LOG].revents)
+			pump_log();
+		if (p[P_SIG].revents)
+			on_signals();
+		if (p[P_CHECKER].revents && G.checker_pidfd >= 0)
+			on_checker_done();
+		if (p[P_SERVER].revents && G.server_pidfd >= 0)
+			on_server_exit();
+		on_timeouts();
+	}
+}
+
+/* ---------------------------------------------------------------------------------------- */
+
+static int instance_main(void)
+{
+	spec_read(3);
+	rundir_open_and_lock();
+	state_write();
+	launcher_setup_process();
+	G.cap_last = read_cap_last_cap();
+
+	if (S.fd_source >= 0) {
+		int fl = fcntl(S.fd_source, F_GETFL);
+		if (fl < 0)
+			die_errno("EINTERNAL", "fcntl(source, F_GETFL)");
+		G.source_accmode = fl & O_ACCMODE;
+	}
+	if (S.mount_fuse) {
+		pin_caller_mntns();
+		create_fuse_mount();
+	}
+	/* libseccomp probes the kernel once; do it here, not after the notify filter is on */
+	seccomp_api_get();
+	if (S.have_seccomp)
+		G.policy = build_policy_filter();
+	if (S.sentinel) {
+		G.notifier = build_notify_filter();
+		G.nr_open = seccomp_syscall_resolve_name("open");
+		G.nr_openat = seccomp_syscall_resolve_name("openat");
+		G.nr_openat2 = seccomp_syscall_resolve_name("openat2");
+	}
+
+	start_sandbox();
+	logmsg("server started, pid %d", (int)G.server_pid);
+	if (S.mount_fuse) {
+		start_checker();
+	} else {
+		set_phase(PHASE_RUNNING);
+		readiness("ready\t%d\t0", (int)G.server_pid);
+	}
+	event_loop();
+}
+
+int main(int argc, char **argv)
+{
+	if (argc >= 2 && !strcmp(argv[1], "instance") && argc == 2)
+		return instance_main();
+	if (argc >= 2 && !strcmp(argv[1], "init"))
+		return init_main(argc - 1, argv + 1);
+	if (argc == 2 && !strcmp(argv[1], "version")) {
+		printf("fuse-svc-launcher %s\n", LAUNCHER_VERSION);
+		return 0;
+	}
+	fprintf(stderr, "usage: fuse-svc-launcher instance | init -- CMD... | version\n");
+	return EXIT_SPEC;
+}

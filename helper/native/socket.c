@@ -1,0 +1,1073 @@
+/*
+ * fuse_svc_socket: the socket syscalls Node's `net` does not have.
+ *
+ * AF_UNIX SOCK_SEQPACKET / SOCK_STREAM listen, accept and connect; sendmsg/recvmsg with
+ * SCM_RIGHTS; the peer's identity (SO_PEERCRED, SO_PEERPIDFD with a pidfd_open fallback);
+ * pidfds; a libuv poll handle so the broker waits for all of it on the main thread; and a few
+ * fd inspection calls (fstat, statx mount ids, fstatfs, openat, flock, dup).
+ *
+ * Plain C on N-API (no C++). Every descriptor this file creates is O_CLOEXEC. Every failing
+ * syscall throws an Error with `code` (errno name), `errno` (positive number), `syscall`, and
+ * the message "syscall: strerror". Wrong argument types throw TypeError, out-of-range values
+ * RangeError. The typed interface is helper/native/socket.ts.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#define NAPI_VERSION 8 /* napi_add_async_cleanup_hook; Node 20 has 9 */
+#include <node_api.h>
+#include <uv.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+/* Newer than Debian bookworm's headers. */
+#ifndef SO_PEERPIDFD
+#define SO_PEERPIDFD 77 /* Linux 6.5 */
+#endif
+#ifndef STATX_MNT_ID
+#define STATX_MNT_ID 0x00001000U
+#endif
+#ifndef STATX_MNT_ID_UNIQUE
+#define STATX_MNT_ID_UNIQUE 0x00004000U /* Linux 6.8 */
+#endif
+#ifndef STATX_ATTR_MOUNT_ROOT
+#define STATX_ATTR_MOUNT_ROOT 0x00002000
+#endif
+#ifndef SCM_MAX_FD
+#define SCM_MAX_FD 253 /* the kernel's limit of descriptors per SCM_RIGHTS message */
+#endif
+
+#define MAX_RECV_BYTES (64 * 1024 * 1024)
+
+/* ------------------------------------------------------------------ errors and arguments */
+
+/* Every napi_* call is checked; a failing one means a bug or a pending exception. */
+#define NAPI_OK(call)                                                                      \
+    do {                                                                                   \
+        if ((call) != napi_ok) {                                                           \
+            throw_napi_failure(env, #call);                                                \
+            return NULL;                                                                   \
+        }                                                                                  \
+    } while (0)
+
+static void throw_napi_failure(napi_env env, const char *what) {
+    bool pending = false;
+    if (napi_is_exception_pending(env, &pending) == napi_ok && pending)
+        return;
+    const napi_extended_error_info *info = NULL;
+    char msg[256];
+    napi_get_last_error_info(env, &info);
+    snprintf(msg, sizeof msg, "fuse_svc_socket: %s failed: %s", what,
+             info && info->error_message ? info->error_message : "unknown N-API error");
+    napi_throw_error(env, NULL, msg);
+}
+
+static const char *errno_name(int err) {
+    const char *name = strerrorname_np(err);
+    return name ? name : "EUNKNOWN";
+}
+
+/* Builds the Error value for `syscall` failing with `err` (NULL if even that fails). */
+static napi_value make_errno_error(napi_env env, const char *syscall_name, int err) {
+    char msg[256];
+    napi_value code, message, error, errno_value, syscall_value;
+    snprintf(msg, sizeof msg, "%s: %s", syscall_name, strerror(err));
+    if (napi_create_string_utf8(env, errno_name(err), NAPI_AUTO_LENGTH, &code) != napi_ok ||
+        napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &message) != napi_ok ||
+        napi_create_error(env, code, message, &error) != napi_ok ||
+        napi_create_int32(env, err, &errno_value) != napi_ok ||
+        napi_create_string_utf8(env, syscall_name, NAPI_AUTO_LENGTH, &syscall_value) != napi_ok ||
+        napi_set_named_property(env, error, "errno", errno_value) != napi_ok ||
+        napi_set_named_property(env, error, "syscall", syscall_value) != napi_ok)
+        return NULL;
+    return error;
+}
+
+/* Throws and returns NULL, so callers can `return throw_errno(...)`. */
+static napi_value throw_errno(napi_env env, const char *syscall_name, int err) {
+    napi_value error = make_errno_error(env, syscall_name, err);
+    if (error)
+        napi_throw(env, error);
+    else
+        throw_napi_failure(env, "creating an Error");
+    return NULL;
+}
+
+static napi_value throw_type(napi_env env, const char *fn, const char *what) {
+    char msg[256];
+    snprintf(msg, sizeof msg, "%s: %s", fn, what);
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", msg);
+    return NULL;
+}
+
+static napi_value throw_range(napi_env env, const char *fn, const char *what) {
+    char msg[256];
+    snprintf(msg, sizeof msg, "%s: %s", fn, what);
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", msg);
+    return NULL;
+}
+
+/* Fetches exactly `want` arguments (missing ones are `undefined`). */
+static bool get_args(napi_env env, napi_callback_info info, size_t want, napi_value *argv) {
+    size_t argc = want;
+    if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) {
+        throw_napi_failure(env, "napi_get_cb_info");
+        return false;
+    }
+    for (size_t i = argc; i < want; i++)
+        napi_get_undefined(env, &argv[i]);
+    return true;
+}
+
+/* An integer in [min, max]; TypeError for a non-number or a fraction, RangeError outside. */
+static bool get_int(napi_env env, napi_value v, const char *fn, const char *name, int64_t min,
+                    int64_t max, int64_t *out) {
+    napi_valuetype t;
+    double d;
+    char what[160];
+    if (napi_typeof(env, v, &t) != napi_ok || t != napi_number) {
+        snprintf(what, sizeof what, "%s must be a number", name);
+        throw_type(env, fn, what);
+        return false;
+    }
+    napi_get_value_double(env, v, &d);
+    if (d != d) {
+        snprintf(what, sizeof what, "%s must be an integer, not NaN", name);
+        throw_type(env, fn, what);
+        return false;
+    }
+    if (d < (double)min || d > (double)max) {
+        snprintf(what, sizeof what, "%s must be in [%lld, %lld]", name, (long long)min,
+                 (long long)max);
+        throw_range(env, fn, what);
+        return false;
+    }
+    if (d != (double)(int64_t)d) { /* the cast is defined: d is within [min, max] */
+        snprintf(what, sizeof what, "%s must be an integer", name);
+        throw_type(env, fn, what);
+        return false;
+    }
+    *out = (int64_t)d;
+    return true;
+}
+
+static bool get_fd(napi_env env, napi_value v, const char *fn, const char *name, int *fd) {
+    int64_t x;
+    if (!get_int(env, v, fn, name, 0, INT_MAX, &x))
+        return false;
+    *fd = (int)x;
+    return true;
+}
+
+static bool get_bool(napi_env env, napi_value v, const char *fn, const char *name, bool *out) {
+    napi_valuetype t;
+    char what[160];
+    if (napi_typeof(env, v, &t) != napi_ok || t != napi_boolean) {
+        snprintf(what, sizeof what, "%s must be a boolean", name);
+        throw_type(env, fn, what);
+        return false;
+    }
+    napi_get_value_bool(env, v, out);
+    return true;
+}
+
+/* A string without NUL bytes, at most `cap - 1` bytes; longer ones set *too_long. */
+static bool get_string(napi_env env, napi_value v, const char *fn, const char *name, char *buf,
+                       size_t cap, bool *too_long) {
+    napi_valuetype t;
+    size_t len = 0;
+    char what[160];
+    if (napi_typeof(env, v, &t) != napi_ok || t != napi_string) {
+        snprintf(what, sizeof what, "%s must be a string", name);
+        throw_type(env, fn, what);
+        return false;
+    }
+    napi_get_value_string_utf8(env, v, NULL, 0, &len);
+    *too_long = len >= cap;
+    if (*too_long)
+        return true;
+    napi_get_value_string_utf8(env, v, buf, cap, &len);
+    if (strlen(buf) != len) {
+        snprintf(what, sizeof what, "%s must not contain NUL bytes", name);
+        throw_type(env, fn, what);
+        return false;
+    }
+    return true;
+}
+
+/* --------------------------------------------------------------------- object building */
+
+static bool set_int(napi_env env, napi_value obj, const char *key, int64_t v) {
+    napi_value x;
+    return napi_create_int64(env, v, &x) == napi_ok &&
+           napi_set_named_property(env, obj, key, x) == napi_ok;
+}
+
+static bool set_bool(napi_env env, napi_value obj, const char *key, bool v) {
+    napi_value x;
+    return napi_get_boolean(env, v, &x) == napi_ok &&
+           napi_set_named_property(env, obj, key, x) == napi_ok;
+}
+
+static bool set_str(napi_env env, napi_value obj, const char *key, const char *v) {
+    napi_value x;
+    if (v == NULL)
+        return napi_get_null(env, &x) == napi_ok &&
+               napi_set_named_property(env, obj, key, x) == napi_ok;
+    return napi_create_string_utf8(env, v, NAPI_AUTO_LENGTH, &x) == napi_ok &&
+           napi_set_named_property(env, obj, key, x) == napi_ok;
+}
+
+static napi_value make_int(napi_env env, int64_t v) {
+    napi_value x;
+    NAPI_OK(napi_create_int64(env, v, &x));
+    return x;
+}
+
+/* ------------------------------------------------------------------------------ sockets */
+
+static void close_keep_errno(int fd) {
+    int saved = errno;
+    close(fd);
+    errno = saved;
+}
+
+/* Fills `addr` from the JS path; throws ENAMETOOLONG past sun_path's 107 usable bytes. */
+static bool get_sockaddr(napi_env env, napi_value v, const char *fn, struct sockaddr_un *addr,
+                         socklen_t *len) {
+    bool too_long;
+    memset(addr, 0, sizeof *addr);
+    addr->sun_family = AF_UNIX;
+    if (!get_string(env, v, fn, "path", addr->sun_path, sizeof addr->sun_path, &too_long))
+        return false;
+    if (too_long) {
+        throw_errno(env, "bind", ENAMETOOLONG);
+        return false;
+    }
+    if (addr->sun_path[0] == '\0') {
+        throw_type(env, fn, "path must not be empty");
+        return false;
+    }
+    *len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(addr->sun_path) + 1);
+    return true;
+}
+
+/*
+ * socket + bind + listen. The socket file must never exist with a wider mode than 0600, even
+ * for an instant: fchmod on the unbound socket sets the mode bind uses (Linux takes the
+ * socket inode's mode), and umask 0177 around bind covers the same ground by the documented
+ * route. The caller chmods/chowns the file afterwards to the configured mode and group.
+ */
+static napi_value do_listen(napi_env env, napi_callback_info info, int type, const char *fn) {
+    napi_value argv[2];
+    struct sockaddr_un addr;
+    socklen_t addrlen;
+    int64_t backlog;
+    if (!get_args(env, info, 2, argv) || !get_sockaddr(env, argv[0], fn, &addr, &addrlen) ||
+        !get_int(env, argv[1], fn, "backlog", 1, INT_MAX, &backlog))
+        return NULL;
+
+    int fd = socket(AF_UNIX, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return throw_errno(env, "socket", errno);
+    if (fchmod(fd, 0600) < 0) {
+        close_keep_errno(fd);
+        return throw_errno(env, "fchmod", errno);
+    }
+    mode_t old_umask = umask(0177);
+    int rc = bind(fd, (struct sockaddr *)&addr, addrlen);
+    int bind_errno = errno;
+    umask(old_umask);
+    if (rc < 0) {
+        close(fd);
+        return throw_errno(env, "bind", bind_errno);
+    }
+    if (listen(fd, (int)backlog) < 0) {
+        close_keep_errno(fd);
+        return throw_errno(env, "listen", errno);
+    }
+    return make_int(env, fd);
+}
+
+static napi_value ListenSeqpacket(napi_env env, napi_callback_info info) {
+    return do_listen(env, info, SOCK_SEQPACKET, "listenSeqpacket");
+}
+
+static napi_value ListenStream(napi_env env, napi_callback_info info) {
+    return do_listen(env, info, SOCK_STREAM, "listenStream");
+}
+
+/* A blocking, close-on-exec client socket. */
+static napi_value do_connect(napi_env env, napi_callback_info info, int type, const char *fn) {
+    napi_value argv[1];
+    struct sockaddr_un addr;
+    socklen_t addrlen;
+    if (!get_args(env, info, 1, argv) || !get_sockaddr(env, argv[0], fn, &addr, &addrlen))
+        return NULL;
+    int fd = socket(AF_UNIX, type | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return throw_errno(env, "socket", errno);
+    if (connect(fd, (struct sockaddr *)&addr, addrlen) < 0) {
+        if (errno != EINTR) {
+            close_keep_errno(fd);
+            return throw_errno(env, "connect", errno);
+        }
+        /* An interrupted connect goes on in the background: wait for it, read its result. */
+        struct pollfd p = {.fd = fd, .events = POLLOUT};
+        int err = 0;
+        socklen_t errlen = sizeof err;
+        while (poll(&p, 1, -1) < 0) {
+            if (errno != EINTR) {
+                close_keep_errno(fd);
+                return throw_errno(env, "poll", errno);
+            }
+        }
+        if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &errlen) < 0) {
+            close_keep_errno(fd);
+            return throw_errno(env, "getsockopt(SO_ERROR)", errno);
+        }
+        if (err != 0) {
+            close(fd);
+            return throw_errno(env, "connect", err);
+        }
+    }
+    return make_int(env, fd);
+}
+
+static napi_value ConnectSeqpacket(napi_env env, napi_callback_info info) {
+    return do_connect(env, info, SOCK_SEQPACKET, "connectSeqpacket");
+}
+
+static napi_value ConnectStream(napi_env env, napi_callback_info info) {
+    return do_connect(env, info, SOCK_STREAM, "connectStream");
+}
+
+static int sys_pidfd_open(pid_t pid, unsigned int flags) {
+    return (int)syscall(SYS_pidfd_open, pid, flags);
+}
+
+/*
+ * accept(fd, nonblock) -> { fd, uid, gid, pid, pidfd, pidfdSource, pidfdError } | null.
+ * pid is SO_PEERCRED's, as seen from this pid namespace: 0 when the peer lives in a pid
+ * namespace we cannot see into. The pidfd comes from SO_PEERPIDFD (it names the very process
+ * that connected, whatever its namespace); before Linux 6.5 from pidfd_open(pid), which has
+ * the usual pid-reuse race. pidfd is -1 when neither works (pidfdError says why).
+ */
+static napi_value Accept(napi_env env, napi_callback_info info) {
+    napi_value argv[2], peer;
+    int lfd, fd;
+    bool nonblock;
+    if (!get_args(env, info, 2, argv) || !get_fd(env, argv[0], "accept", "fd", &lfd) ||
+        !get_bool(env, argv[1], "accept", "nonblock", &nonblock))
+        return NULL;
+    do
+        fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC | (nonblock ? SOCK_NONBLOCK : 0));
+    while (fd < 0 && errno == EINTR);
+    if (fd < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            napi_value null_value;
+            NAPI_OK(napi_get_null(env, &null_value));
+            return null_value;
+        }
+        return throw_errno(env, "accept4", errno);
+    }
+
+    struct ucred cred;
+    socklen_t len = sizeof cred;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
+        close_keep_errno(fd);
+        return throw_errno(env, "getsockopt(SO_PEERCRED)", errno);
+    }
+
+    int pidfd = -1;
+    const char *source = "none", *pidfd_error = NULL;
+    len = sizeof pidfd;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &len) == 0 && pidfd >= 0) {
+        source = "SO_PEERPIDFD";
+    } else {
+        int err = errno;
+        pidfd = -1;
+        pidfd_error = errno_name(err);
+        if ((err == ENOPROTOOPT || err == EINVAL) && cred.pid > 0) {
+            pidfd = sys_pidfd_open(cred.pid, 0);
+            if (pidfd >= 0) {
+                source = "pidfd_open";
+                pidfd_error = NULL;
+            } else {
+                pidfd_error = errno_name(errno);
+            }
+        }
+    }
+
+    if (napi_create_object(env, &peer) != napi_ok || !set_int(env, peer, "fd", fd) ||
+        !set_int(env, peer, "uid", cred.uid) || !set_int(env, peer, "gid", cred.gid) ||
+        !set_int(env, peer, "pid", cred.pid) || !set_int(env, peer, "pidfd", pidfd) ||
+        !set_str(env, peer, "pidfdSource", source) ||
+        !set_str(env, peer, "pidfdError", pidfd_error)) {
+        close(fd);
+        if (pidfd >= 0)
+            close(pidfd);
+        throw_napi_failure(env, "building the peer object");
+        return NULL;
+    }
+    return peer;
+}
+
+/* send(fd, data, fds) -> bytes sent. MSG_NOSIGNAL: a closed peer is EPIPE, not SIGPIPE. */
+static napi_value Send(napi_env env, napi_callback_info info) {
+    napi_value argv[3];
+    int fd;
+    bool is_buffer, is_array;
+    void *data;
+    size_t data_len;
+    uint32_t nfds;
+    int fds[SCM_MAX_FD];
+    if (!get_args(env, info, 3, argv) || !get_fd(env, argv[0], "send", "fd", &fd))
+        return NULL;
+    NAPI_OK(napi_is_buffer(env, argv[1], &is_buffer));
+    if (!is_buffer)
+        return throw_type(env, "send", "data must be a Buffer or Uint8Array");
+    NAPI_OK(napi_get_buffer_info(env, argv[1], &data, &data_len));
+    NAPI_OK(napi_is_array(env, argv[2], &is_array));
+    if (!is_array)
+        return throw_type(env, "send", "fds must be an array of descriptors");
+    NAPI_OK(napi_get_array_length(env, argv[2], &nfds));
+    if (nfds > SCM_MAX_FD)
+        return throw_range(env, "send", "at most 253 descriptors per message");
+    for (uint32_t i = 0; i < nfds; i++) {
+        napi_value element;
+        NAPI_OK(napi_get_element(env, argv[2], i, &element));
+        if (!get_fd(env, element, "send", "fds[i]", &fds[i]))
+            return NULL;
+    }
+
+    struct iovec iov = {.iov_base = data, .iov_len = data_len};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+    union {
+        char buf[CMSG_SPACE(sizeof(int) * SCM_MAX_FD)];
+        struct cmsghdr align;
+    } control;
+    if (nfds > 0) {
+        memset(&control, 0, sizeof control);
+        msg.msg_control = control.buf;
+        msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+        struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+        cmsg->cmsg_level = SOL_SOCKET;
+        cmsg->cmsg_type = SCM_RIGHTS;
+        cmsg->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+        memcpy(CMSG_DATA(cmsg), fds, sizeof(int) * nfds);
+    }
+    ssize_t n;
+    do
+        n = sendmsg(fd, &msg, MSG_NOSIGNAL);
+    while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return throw_errno(env, "sendmsg", errno);
+    return make_int(env, n);
+}
+
+/*
+ * recv(fd, maxBytes, maxFds) -> { data, fds, truncated, eof } | null (EAGAIN on a
+ * non-blocking fd). Descriptors arrive close-on-exec. `truncated` is MSG_TRUNC or MSG_CTRUNC
+ * or more descriptors than maxFds (those extra ones are closed here, never leaked).
+ * eof: 0 bytes and no descriptors, i.e. the peer closed (on SOCK_SEQPACKET an empty packet
+ * looks the same; the protocol never sends one).
+ */
+static napi_value Recv(napi_env env, napi_callback_info info) {
+    napi_value argv[3], result, buffer, fd_array;
+    int fd;
+    int64_t max_bytes, max_fds;
+    if (!get_args(env, info, 3, argv) || !get_fd(env, argv[0], "recv", "fd", &fd) ||
+        !get_int(env, argv[1], "recv", "maxBytes", 0, MAX_RECV_BYTES, &max_bytes) ||
+        !get_int(env, argv[2], "recv", "maxFds", 0, SCM_MAX_FD, &max_fds))
+        return NULL;
+
+    char *data = malloc(max_bytes > 0 ? (size_t)max_bytes : 1);
+    if (!data)
+        return throw_errno(env, "malloc", ENOMEM);
+    union {
+        char buf[CMSG_SPACE(sizeof(int) * SCM_MAX_FD)];
+        struct cmsghdr align;
+    } control;
+    struct iovec iov = {.iov_base = data, .iov_len = (size_t)max_bytes};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+    if (max_fds > 0) {
+        msg.msg_control = control.buf;
+        msg.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)max_fds);
+    }
+    ssize_t n;
+    do
+        n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+    while (n < 0 && errno == EINTR);
+    if (n < 0) {
+        int err = errno;
+        free(data);
+        if (err == EAGAIN || err == EWOULDBLOCK) {
+            napi_value null_value;
+            NAPI_OK(napi_get_null(env, &null_value));
+            return null_value;
+        }
+        return throw_errno(env, "recvmsg", err);
+    }
+
+    /* Take every descriptor out of every SCM_RIGHTS header before anything can fail. */
+    int fds[SCM_MAX_FD];
+    size_t nfds = 0;
+    bool truncated = (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0;
+    if (msg.msg_controllen > 0) {
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+            if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS ||
+                c->cmsg_len < CMSG_LEN(0))
+                continue;
+            size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+            const unsigned char *p = CMSG_DATA(c);
+            for (size_t i = 0; i < count; i++) {
+                int one;
+                memcpy(&one, p + i * sizeof(int), sizeof(int));
+                if (nfds < (size_t)max_fds) {
+                    fds[nfds++] = one;
+                } else {
+                    close(one);
+                    truncated = true;
+                }
+            }
+        }
+    }
+
+    bool ok = napi_create_object(env, &result) == napi_ok &&
+              napi_create_buffer_copy(env, (size_t)n, data, NULL, &buffer) == napi_ok &&
+              napi_set_named_property(env, result, "data", buffer) == napi_ok &&
+              napi_create_array_with_length(env, nfds, &fd_array) == napi_ok;
+    free(data);
+    for (size_t i = 0; ok && i < nfds; i++) {
+        napi_value x;
+        ok = napi_create_int32(env, fds[i], &x) == napi_ok &&
+             napi_set_element(env, fd_array, (uint32_t)i, x) == napi_ok;
+    }
+    ok = ok && napi_set_named_property(env, result, "fds", fd_array) == napi_ok &&
+         set_bool(env, result, "truncated", truncated) &&
+         set_bool(env, result, "eof", n == 0 && nfds == 0 && !truncated);
+    if (!ok) {
+        for (size_t i = 0; i < nfds; i++)
+            close(fds[i]);
+        throw_napi_failure(env, "building the recv result");
+        return NULL;
+    }
+    return result;
+}
+
+/* ---------------------------------------------------------------------- libuv polling */
+
+/*
+ * poll(fd, events, callback) -> an external handle for pollStop/pollRef/pollUnref.
+ * A uv_poll_t is level-triggered: the callback runs on every loop iteration while the fd
+ * stays ready, so the caller drains it (accept/recv until null) or stops the watcher.
+ *
+ * Lifetimes: the watcher lives from poll() until uv_close completes. The JS external only
+ * points at a small box; the box and the watcher forget each other when either goes away,
+ * so a collected external never frees a live handle and a closed handle is never touched
+ * through a stale external. An active watcher whose external was collected keeps running
+ * (like any active Node handle) until the environment shuts down.
+ */
+typedef struct watch_box watch_box;
+
+typedef struct {
+    uv_poll_t handle;
+    napi_env env;
+    napi_ref callback;
+    napi_async_context async;
+    watch_box *box;
+    napi_async_cleanup_hook_handle cleanup; /* NULL until registered */
+    int fd;
+    bool closing;
+    bool js_released;
+} watcher;
+
+struct watch_box {
+    watcher *w;
+};
+
+static void watcher_release_js(watcher *w) {
+    if (w->js_released)
+        return;
+    w->js_released = true;
+    napi_delete_reference(w->env, w->callback);
+    napi_async_destroy(w->env, w->async);
+}
+
+/*
+ * The last thing that touches a watcher. Removing the async cleanup hook here (not at stop)
+ * tells Node the handle is gone: Node unloads this addon at environment teardown (worker
+ * exit) only after every such hook is removed, so no close callback ever runs into unmapped
+ * code.
+ */
+static void watcher_on_close(uv_handle_t *h) {
+    watcher *w = h->data;
+    watcher_release_js(w);
+    if (w->box)
+        w->box->w = NULL;
+    if (w->cleanup)
+        napi_remove_async_cleanup_hook(w->cleanup);
+    free(w);
+}
+
+static void watcher_close(watcher *w) {
+    if (w->closing)
+        return;
+    w->closing = true;
+    uv_poll_stop(&w->handle);
+    uv_close((uv_handle_t *)&w->handle, watcher_on_close);
+}
+
+/* The environment is going away (worker exit, process exit): close the handle, then finish. */
+static void watcher_env_cleanup(napi_async_cleanup_hook_handle handle, void *arg) {
+    watcher *w = arg;
+    (void)handle;
+    watcher_release_js(w);
+    watcher_close(w); /* if already closing, its close callback removes the hook */
+}
+
+static void watch_box_finalize(napi_env env, void *data, void *hint) {
+    watch_box *box = data;
+    (void)env;
+    (void)hint;
+    if (box->w)
+        box->w->box = NULL;
+    free(box);
+}
+
+static void watcher_on_poll(uv_poll_t *h, int status, int events) {
+    watcher *w = h->data;
+    napi_env env = w->env;
+    napi_handle_scope scope;
+    napi_value callback, recv, argv[2], result;
+    if (w->closing || w->js_released)
+        return;
+    if (napi_open_handle_scope(env, &scope) != napi_ok)
+        return;
+    if (napi_get_reference_value(env, w->callback, &callback) != napi_ok || !callback ||
+        napi_get_global(env, &recv) != napi_ok) /* MakeCallback needs an object receiver */
+        goto out;
+    if (status < 0) {
+        napi_value code, message;
+        char msg[256];
+        snprintf(msg, sizeof msg, "poll: %s", uv_strerror(status));
+        if (napi_create_string_utf8(env, uv_err_name(status), NAPI_AUTO_LENGTH, &code) != napi_ok ||
+            napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &message) != napi_ok ||
+            napi_create_error(env, code, message, &argv[0]) != napi_ok)
+            goto out;
+        set_int(env, argv[0], "errno", -status);
+        set_str(env, argv[0], "syscall", "poll");
+        events = 0;
+    } else if (napi_get_null(env, &argv[0]) != napi_ok) {
+        goto out;
+    }
+    if (napi_create_int32(env, events, &argv[1]) != napi_ok)
+        goto out;
+    /* May stop (and so start closing) this watcher; `w` stays valid until the close callback. */
+    if (napi_make_callback(env, w->async, recv, callback, 2, argv, &result) != napi_ok) {
+        bool pending = false;
+        napi_value exception;
+        if (napi_is_exception_pending(env, &pending) == napi_ok && pending &&
+            napi_get_and_clear_last_exception(env, &exception) == napi_ok)
+            napi_fatal_exception(env, exception); /* -> process 'uncaughtException' */
+    }
+out:
+    napi_close_handle_scope(env, scope);
+}
+
+static napi_value Poll(napi_env env, napi_callback_info info) {
+    napi_value argv[3], name, external;
+    napi_valuetype t;
+    int fd, events = 0, rc;
+    char which[16];
+    bool too_long;
+    uv_loop_t *loop;
+    if (!get_args(env, info, 3, argv) || !get_fd(env, argv[0], "poll", "fd", &fd) ||
+        !get_string(env, argv[1], "poll", "events", which, sizeof which, &too_long))
+        return NULL;
+    if (!too_long && strcmp(which, "readable") == 0)
+        events = UV_READABLE;
+    else if (!too_long && strcmp(which, "writable") == 0)
+        events = UV_WRITABLE;
+    else if (!too_long && strcmp(which, "readwrite") == 0)
+        events = UV_READABLE | UV_WRITABLE;
+    else
+        return throw_type(env, "poll", "events must be 'readable', 'writable' or 'readwrite'");
+    NAPI_OK(napi_typeof(env, argv[2], &t));
+    if (t != napi_function)
+        return throw_type(env, "poll", "callback must be a function");
+    NAPI_OK(napi_get_uv_event_loop(env, &loop));
+
+    watcher *w = calloc(1, sizeof *w);
+    if (!w)
+        return throw_errno(env, "malloc", ENOMEM);
+    w->env = env;
+    w->fd = fd;
+    w->js_released = true; /* until the callback reference and async context exist */
+    rc = uv_poll_init(loop, &w->handle, fd); /* note: sets O_NONBLOCK on fd */
+    if (rc < 0) {
+        free(w); /* nothing registered with the loop yet */
+        return throw_errno(env, "uv_poll_init", -rc);
+    }
+    w->handle.data = w;
+    /* From here on, failures close the handle; its close callback frees `w`. */
+    if (napi_create_string_utf8(env, "FuseSvcPoll", NAPI_AUTO_LENGTH, &name) != napi_ok ||
+        napi_async_init(env, NULL, name, &w->async) != napi_ok) {
+        watcher_close(w);
+        throw_napi_failure(env, "napi_async_init");
+        return NULL;
+    }
+    if (napi_create_reference(env, argv[2], 1, &w->callback) != napi_ok) {
+        napi_async_destroy(env, w->async);
+        watcher_close(w);
+        throw_napi_failure(env, "napi_create_reference");
+        return NULL;
+    }
+    w->js_released = false;
+    if (napi_add_async_cleanup_hook(env, watcher_env_cleanup, w, &w->cleanup) != napi_ok) {
+        w->cleanup = NULL;
+        watcher_close(w);
+        throw_napi_failure(env, "napi_add_async_cleanup_hook");
+        return NULL;
+    }
+    rc = uv_poll_start(&w->handle, events, watcher_on_poll);
+    if (rc < 0) {
+        watcher_close(w);
+        return throw_errno(env, "uv_poll_start", -rc);
+    }
+    watch_box *box = calloc(1, sizeof *box);
+    if (!box) {
+        watcher_close(w);
+        return throw_errno(env, "malloc", ENOMEM);
+    }
+    if (napi_create_external(env, box, watch_box_finalize, NULL, &external) != napi_ok) {
+        free(box);
+        watcher_close(w);
+        throw_napi_failure(env, "napi_create_external");
+        return NULL;
+    }
+    box->w = w;
+    w->box = box;
+    return external;
+}
+
+static bool get_watcher(napi_env env, napi_callback_info info, const char *fn, watcher **out) {
+    napi_value argv[1];
+    napi_valuetype t;
+    void *data;
+    if (!get_args(env, info, 1, argv))
+        return false;
+    if (napi_typeof(env, argv[0], &t) != napi_ok || t != napi_external) {
+        throw_type(env, fn, "handle must be a watcher from poll()");
+        return false;
+    }
+    if (napi_get_value_external(env, argv[0], &data) != napi_ok) {
+        throw_napi_failure(env, "napi_get_value_external");
+        return false;
+    }
+    *out = ((watch_box *)data)->w; /* NULL once closed */
+    return true;
+}
+
+/* Stops for good; the fd stays open. No callback runs after this returns. Idempotent. */
+static napi_value PollStop(napi_env env, napi_callback_info info) {
+    watcher *w;
+    if (!get_watcher(env, info, "pollStop", &w))
+        return NULL;
+    if (w)
+        watcher_close(w);
+    return NULL;
+}
+
+static napi_value PollRef(napi_env env, napi_callback_info info) {
+    watcher *w;
+    if (!get_watcher(env, info, "pollRef", &w))
+        return NULL;
+    if (w && !w->closing)
+        uv_ref((uv_handle_t *)&w->handle);
+    return NULL;
+}
+
+static napi_value PollUnref(napi_env env, napi_callback_info info) {
+    watcher *w;
+    if (!get_watcher(env, info, "pollUnref", &w))
+        return NULL;
+    if (w && !w->closing)
+        uv_unref((uv_handle_t *)&w->handle);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ descriptors, pidfds */
+
+static napi_value Close(napi_env env, napi_callback_info info) {
+    napi_value argv[1];
+    int fd;
+    if (!get_args(env, info, 1, argv) || !get_fd(env, argv[0], "close", "fd", &fd))
+        return NULL;
+    /* On Linux the descriptor is gone even when close reports EINTR: never retry. */
+    if (close(fd) < 0 && errno != EINTR)
+        return throw_errno(env, "close", errno);
+    return NULL;
+}
+
+static napi_value PidfdOpen(napi_env env, napi_callback_info info) {
+    napi_value argv[1];
+    int64_t pid;
+    if (!get_args(env, info, 1, argv) || !get_int(env, argv[0], "pidfdOpen", "pid", 1, INT_MAX, &pid))
+        return NULL;
+    int fd = sys_pidfd_open((pid_t)pid, 0); /* pidfds are always close-on-exec */
+    if (fd < 0)
+        return throw_errno(env, "pidfd_open", errno);
+    return make_int(env, fd);
+}
+
+static napi_value PidfdSendSignal(napi_env env, napi_callback_info info) {
+    napi_value argv[2];
+    int pidfd;
+    int64_t sig;
+    if (!get_args(env, info, 2, argv) || !get_fd(env, argv[0], "pidfdSendSignal", "pidfd", &pidfd) ||
+        !get_int(env, argv[1], "pidfdSendSignal", "sig", 0, 64, &sig))
+        return NULL;
+    if (syscall(SYS_pidfd_send_signal, pidfd, (int)sig, NULL, 0) < 0)
+        return throw_errno(env, "pidfd_send_signal", errno);
+    return NULL;
+}
+
+/*
+ * pidfdIsAlive(pidfd): poll for POLLIN with no wait; a pidfd turns readable when its process
+ * exits. Unlike pidfd_send_signal(pidfd, 0), this works across pid namespaces (a broker in a
+ * container cannot signal a client outside its namespace: EINVAL).
+ */
+static napi_value PidfdIsAlive(napi_env env, napi_callback_info info) {
+    napi_value argv[1], out;
+    int pidfd, rc;
+    if (!get_args(env, info, 1, argv) || !get_fd(env, argv[0], "pidfdIsAlive", "pidfd", &pidfd))
+        return NULL;
+    struct pollfd p = {.fd = pidfd, .events = POLLIN};
+    do
+        rc = poll(&p, 1, 0);
+    while (rc < 0 && errno == EINTR);
+    if (rc < 0)
+        return throw_errno(env, "poll", errno);
+    if (p.revents & POLLNVAL)
+        return throw_errno(env, "poll", EBADF);
+    NAPI_OK(napi_get_boolean(env, rc == 0, &out));
+    return out;
+}
+
+static const char *type_name(mode_t mode) {
+    switch (mode & S_IFMT) {
+    case S_IFREG: return "file";
+    case S_IFDIR: return "dir";
+    case S_IFCHR: return "chr";
+    case S_IFBLK: return "blk";
+    case S_IFIFO: return "fifo";
+    case S_IFSOCK: return "sock";
+    case S_IFLNK: return "lnk";
+    default: return "unknown";
+    }
+}
+
+/*
+ * fdInfo(fd): fstat + F_GETFL + F_GETFD. dev/ino/rdev/size are numbers (exact below 2^53).
+ * mode is the full st_mode (type bits included).
+ */
+static napi_value FdInfo(napi_env env, napi_callback_info info) {
+    napi_value argv[1], obj;
+    int fd, flags, fdflags;
+    struct stat st;
+    if (!get_args(env, info, 1, argv) || !get_fd(env, argv[0], "fdInfo", "fd", &fd))
+        return NULL;
+    if (fstat(fd, &st) < 0)
+        return throw_errno(env, "fstat", errno);
+    if ((flags = fcntl(fd, F_GETFL)) < 0)
+        return throw_errno(env, "fcntl(F_GETFL)", errno);
+    if ((fdflags = fcntl(fd, F_GETFD)) < 0)
+        return throw_errno(env, "fcntl(F_GETFD)", errno);
+    const char *accmode = (flags & O_PATH) ? "path"
+                          : (flags & O_ACCMODE) == O_RDONLY ? "r"
+                          : (flags & O_ACCMODE) == O_WRONLY ? "w"
+                                                            : "rw";
+    NAPI_OK(napi_create_object(env, &obj));
+    if (!set_str(env, obj, "type", type_name(st.st_mode)) || !set_int(env, obj, "mode", st.st_mode) ||
+        !set_int(env, obj, "uid", st.st_uid) || !set_int(env, obj, "gid", st.st_gid) ||
+        !set_int(env, obj, "dev", (int64_t)st.st_dev) ||
+        !set_int(env, obj, "devMajor", major(st.st_dev)) ||
+        !set_int(env, obj, "devMinor", minor(st.st_dev)) ||
+        !set_int(env, obj, "ino", (int64_t)st.st_ino) ||
+        !set_int(env, obj, "rdev", (int64_t)st.st_rdev) ||
+        !set_int(env, obj, "rdevMajor", major(st.st_rdev)) ||
+        !set_int(env, obj, "rdevMinor", minor(st.st_rdev)) ||
+        !set_int(env, obj, "size", st.st_size) || !set_int(env, obj, "nlink", (int64_t)st.st_nlink) ||
+        !set_str(env, obj, "accmode", accmode) || !set_int(env, obj, "flags", flags) ||
+        !set_bool(env, obj, "cloexec", (fdflags & FD_CLOEXEC) != 0)) {
+        throw_napi_failure(env, "building the fdInfo result");
+        return NULL;
+    }
+    return obj;
+}
+
+/*
+ * statxMount(fd): the kernel answers one kind of mount id per call (the unique one when both
+ * are asked for), so ask twice. Throws EOPNOTSUPP (syscall "statx") when the kernel cannot
+ * give the unique id (before 6.8) or the mount-root attribute.
+ */
+static napi_value StatxMount(napi_env env, napi_callback_info info) {
+    napi_value argv[1], obj, unique;
+    int fd;
+    struct statx a, b;
+    if (!get_args(env, info, 1, argv) || !get_fd(env, argv[0], "statxMount", "fd", &fd))
+        return NULL;
+    if (statx(fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, STATX_MNT_ID_UNIQUE, &a) < 0)
+        return throw_errno(env, "statx", errno);
+    if (statx(fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, STATX_MNT_ID, &b) < 0)
+        return throw_errno(env, "statx", errno);
+    if (!(a.stx_mask & STATX_MNT_ID_UNIQUE) || !(b.stx_mask & STATX_MNT_ID) ||
+        !(a.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT))
+        return throw_errno(env, "statx", EOPNOTSUPP);
+    NAPI_OK(napi_create_object(env, &obj));
+    NAPI_OK(napi_create_bigint_uint64(env, a.stx_mnt_id, &unique));
+    NAPI_OK(napi_set_named_property(env, obj, "mntIdUnique", unique));
+    if (!set_int(env, obj, "mntId", (int64_t)b.stx_mnt_id) ||
+        !set_bool(env, obj, "isMountRoot", (a.stx_attributes & STATX_ATTR_MOUNT_ROOT) != 0)) {
+        throw_napi_failure(env, "building the statxMount result");
+        return NULL;
+    }
+    return obj;
+}
+
+/* openat(dirfd, path, flags[, mode]): O_CLOEXEC is always added. dirfd may be AT_FDCWD. */
+static napi_value Openat(napi_env env, napi_callback_info info) {
+    napi_value argv[4];
+    napi_valuetype t;
+    int64_t dirfd, flags, mode = 0;
+    char path[PATH_MAX];
+    bool too_long;
+    if (!get_args(env, info, 4, argv) ||
+        !get_int(env, argv[0], "openat", "dirfd", AT_FDCWD, INT_MAX, &dirfd) ||
+        !get_string(env, argv[1], "openat", "path", path, sizeof path, &too_long) ||
+        !get_int(env, argv[2], "openat", "flags", 0, INT_MAX, &flags))
+        return NULL;
+    if (dirfd < 0 && dirfd != AT_FDCWD)
+        return throw_range(env, "openat", "dirfd must be a descriptor or AT_FDCWD");
+    NAPI_OK(napi_typeof(env, argv[3], &t));
+    if (t != napi_undefined && !get_int(env, argv[3], "openat", "mode", 0, 07777, &mode))
+        return NULL;
+    if (too_long)
+        return throw_errno(env, "openat", ENAMETOOLONG);
+    int fd;
+    do
+        fd = openat((int)dirfd, path, (int)flags | O_CLOEXEC, (mode_t)mode);
+    while (fd < 0 && errno == EINTR);
+    if (fd < 0)
+        return throw_errno(env, "openat", errno);
+    return make_int(env, fd);
+}
+
+static napi_value Fstatfs(napi_env env, napi_callback_info info) {
+    napi_value argv[1], obj;
+    int fd;
+    struct statfs sf;
+    if (!get_args(env, info, 1, argv) || !get_fd(env, argv[0], "fstatfs", "fd", &fd))
+        return NULL;
+    if (fstatfs(fd, &sf) < 0)
+        return throw_errno(env, "fstatfs", errno);
+    NAPI_OK(napi_create_object(env, &obj));
+    /* f_type is a 32-bit magic number (e.g. 0xEF53 ext4, 0x65735546 FUSE). */
+    if (!set_int(env, obj, "type", (uint32_t)sf.f_type) || !set_int(env, obj, "flags", sf.f_flags)) {
+        throw_napi_failure(env, "building the fstatfs result");
+        return NULL;
+    }
+    return obj;
+}
+
+/* flock(fd, exclusive, nonblock) -> true when taken, false when held elsewhere (nonblock). */
+static napi_value Flock(napi_env env, napi_callback_info info) {
+    napi_value argv[3], out;
+    int fd, rc;
+    bool exclusive, nonblock;
+    if (!get_args(env, info, 3, argv) || !get_fd(env, argv[0], "flock", "fd", &fd) ||
+        !get_bool(env, argv[1], "flock", "exclusive", &exclusive) ||
+        !get_bool(env, argv[2], "flock", "nonblock", &nonblock))
+        return NULL;
+    do
+        rc = flock(fd, (exclusive ? LOCK_EX : LOCK_SH) | (nonblock ? LOCK_NB : 0));
+    while (rc < 0 && errno == EINTR);
+    if (rc < 0 && errno != EWOULDBLOCK)
+        return throw_errno(env, "flock", errno);
+    NAPI_OK(napi_get_boolean(env, rc == 0, &out));
+    return out;
+}
+
+static napi_value DupCloexec(napi_env env, napi_callback_info info) {
+    napi_value argv[1];
+    int fd, copy;
+    if (!get_args(env, info, 1, argv) || !get_fd(env, argv[0], "dupCloexec", "fd", &fd))
+        return NULL;
+    /* At least 3, so a copy never lands on a closed stdin/stdout/stderr slot. */
+    if ((copy = fcntl(fd, F_DUPFD_CLOEXEC, 3)) < 0)
+        return throw_errno(env, "fcntl(F_DUPFD_CLOEXEC)", errno);
+    return make_int(env, copy);
+}
+
+/* ------------------------------------------------------------------------------ module */
+
+static napi_value Init(napi_env env, napi_value exports) {
+    static const struct {
+        const char *name;
+        napi_callback fn;
+    } functions[] = {
+        {"listenSeqpacket", ListenSeqpacket}, {"listenStream", ListenStream},
+        {"connectSeqpacket", ConnectSeqpacket}, {"connectStream", ConnectStream},
+        {"accept", Accept}, {"send", Send}, {"recv", Recv},
+        {"poll", Poll}, {"pollStop", PollStop}, {"pollRef", PollRef}, {"pollUnref", PollUnref},
+        {"close", Close}, {"pidfdOpen", PidfdOpen}, {"pidfdSendSignal", PidfdSendSignal},
+        {"pidfdIsAlive", PidfdIsAlive},
+        {"fdInfo", FdInfo}, {"statxMount", StatxMount}, {"openat", Openat},
+        {"fstatfs", Fstatfs}, {"flock", Flock}, {"dupCloexec", DupCloexec},
+    };
+    static const struct {
+        const char *name;
+        int64_t value;
+    } constants[] = {
+        {"O_RDONLY", O_RDONLY}, {"O_WRONLY", O_WRONLY}, {"O_RDWR", O_RDWR},
+        {"O_PATH", O_PATH}, {"O_NOFOLLOW", O_NOFOLLOW}, {"O_DIRECTORY", O_DIRECTORY},
+        {"O_CLOEXEC", O_CLOEXEC}, {"O_NONBLOCK", O_NONBLOCK}, {"O_ACCMODE", O_ACCMODE},
+        {"AT_FDCWD", AT_FDCWD}, {"SCM_MAX_FD", SCM_MAX_FD},
+        {"POLL_READABLE", UV_READABLE}, {"POLL_WRITABLE", UV_WRITABLE},
+    };
+    napi_value fn, constants_obj;
+    for (size_t i = 0; i < sizeof functions / sizeof functions[0]; i++) {
+        NAPI_OK(napi_create_function(env, functions[i].name, NAPI_AUTO_LENGTH, functions[i].fn,
+                                     NULL, &fn));
+        NAPI_OK(napi_set_named_property(env, exports, functions[i].name, fn));
+    }
+    NAPI_OK(napi_create_object(env, &constants_obj));
+    for (size_t i = 0; i < sizeof constants / sizeof constants[0]; i++)
+        if (!set_int(env, constants_obj, constants[i].name, constants[i].value)) {
+            throw_napi_failure(env, "exporting constants");
+            return NULL;
+        }
+    NAPI_OK(napi_set_named_property(env, exports, "constants", constants_obj));
+    return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, Init)

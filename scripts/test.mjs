@@ -1,0 +1,59 @@
+#!/usr/bin/env node
+// Runs every uvu suite in dist/test, then checks this machine for anything a test left behind
+// (FUSE mounts, servers, launchers), and ends with the line "N passed, N failed".
+import { spawn } from 'node:child_process';
+import { readFileSync, readdirSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const uvu = path.join(root, 'node_modules', 'uvu', 'bin.js');
+const pattern = process.argv[2] ?? '\\.test\\.js$';
+
+function leftovers() {
+  const found = [];
+  for (const pid of readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
+    let comm = '';
+    try {
+      comm = readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
+    } catch {
+      continue;
+    }
+    if (/^(fuse2fs|fuse-svc-launch|sandbox-probe|fuse-svc-test-s)/.test(comm)) found.push(`process ${pid} ${comm}`);
+    try {
+      for (const line of readFileSync(`/proc/${pid}/mountinfo`, 'utf8').split('\n')) {
+        const f = line.split(' - ');
+        if (f[1] && /^fuse(\.|blk| )/.test(f[1]) && /fuse-svc|ext[234]/.test(f[1])) found.push(`mount ${line.split(' ')[4]} (ns of pid ${pid})`);
+      }
+    } catch {
+      /* gone */
+    }
+  }
+  return [...new Set(found)];
+}
+
+const child = spawn(process.execPath, [uvu, 'dist/test', pattern], { cwd: root, stdio: ['ignore', 'pipe', 'inherit'] });
+let out = '';
+child.stdout.on('data', (d) => {
+  out += d;
+  process.stdout.write(d);
+});
+child.on('close', (code) => {
+  const num = (k) => Number(new RegExp(`${k}:\\s+(\\d+)`).exec(out)?.[1] ?? NaN);
+  let total = num('Total');
+  let passed = num('Passed');
+  const skipped = num('Skipped') || 0;
+  if (Number.isNaN(total) || Number.isNaN(passed)) {
+    total = 1;
+    passed = 0;
+    process.stdout.write('\nthe test runner ended without a summary (crash?)\n');
+  }
+  let failed = total - passed - skipped;
+  const left = leftovers();
+  if (left.length) {
+    failed += 1;
+    process.stdout.write(`\nleft behind by the tests (counted as one failure):\n  ${left.join('\n  ')}\n`);
+  } else passed += 1; // the leak check itself
+  process.stdout.write(`\n${passed} passed, ${failed} failed${skipped ? `, ${skipped} skipped` : ''}\n`);
+  process.exit(failed > 0 || code !== 0 ? 1 : 0);
+});

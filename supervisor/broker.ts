@@ -1,0 +1,401 @@
+// The broker: accept loop, one request per connection, policy, and the live instance table.
+// Data flow for a mount: accept -> recv -> decode -> peer -> policy -> launcher -> reply.
+import { chmodSync, chownSync, existsSync, lstatSync, readFileSync, unlinkSync } from 'node:fs';
+import path from 'node:path';
+import * as sock from '../helper/native/socket.js';
+import type { Config } from './config.js';
+import { InstanceDir, type Instance, type InstanceRecord, onPidfdExit, openLauncherPidfd, processStartTime, signalLauncher, spawnLauncher, waitPidfd } from './instances.js';
+import { mountSpec } from './launch-spec.js';
+import { log } from './log.js';
+import { callerGroups, checkSource, checkTarget, fsnameFor, parseMountOptions, type Caller } from './policy.js';
+import { MAX_FDS, MAX_MESSAGE_BYTES, RequestError, decodeRequest, encodeReply, errorReply, oneLine, type MountRequest, type Reply, type Request, type UnmountRequest } from './protocol.js';
+import type { ServerDef } from './servers.js';
+import { UidAllocator } from './uids.js';
+
+const ENDED_KEEP_MS = 10 * 60 * 1000;
+
+type Conn = { fd: number; caller: Caller; watcher?: sock.Watcher; timer?: NodeJS.Timeout; done: boolean };
+
+export class Broker {
+  private listenFd = -1;
+  private listenWatcher?: sock.Watcher;
+  private readonly conns = new Set<Conn>();
+  readonly instances = new Map<number, Instance>();
+  private readonly uids: UidAllocator;
+  private readonly dir: InstanceDir;
+  private nextId = 1;
+  private stopping = false;
+  private readonly buckets = new Map<number, { tokens: number; at: number }>();
+  private readonly launcher: string;
+  private readonly standin: string;
+
+  constructor(
+    readonly cfg: Config,
+    readonly servers: Map<string, ServerDef>,
+  ) {
+    this.uids = new UidAllocator(cfg.uidRange[0], cfg.uidRange[1]);
+    this.dir = new InstanceDir(cfg.runtimeDir);
+    this.launcher = path.join(cfg.nativeDir, 'fuse-svc-launcher');
+    this.standin = path.join(cfg.nativeDir, 'fusermount-standin');
+  }
+
+  /** Re-adopts the instances a previous broker left, then listens. */
+  start(): void {
+    this.adopt();
+    this.listen();
+  }
+
+  private listen(): void {
+    const p = this.cfg.socket;
+    if (existsSync(p)) {
+      if (!lstatSync(p).isSocket()) throw new Error(`${p} exists and is not a socket; refusing to replace it`);
+      unlinkSync(p); // a stale socket from a previous broker; a live one would be replaced too, as inetd does
+    }
+    this.listenFd = sock.listenSeqpacket(p, 128);
+    if (this.cfg.socketGroup !== undefined) chownSync(p, 0, groupId(this.cfg.socketGroup));
+    chmodSync(p, this.cfg.socketMode);
+    this.listenWatcher = sock.poll(this.listenFd, 'readable', () => this.acceptAll());
+    log.info(`listening on ${p} (mode ${this.cfg.socketMode.toString(8).padStart(4, '0')}${this.cfg.socketGroup ? `, group ${this.cfg.socketGroup}` : ''}); ${this.liveCount()} live instance(s)`);
+  }
+
+  /** Stops accepting and closes the socket; live instances keep running. */
+  close(): void {
+    this.stopping = true;
+    this.listenWatcher?.stop();
+    if (this.listenFd >= 0) {
+      sock.close(this.listenFd);
+      this.listenFd = -1;
+      try {
+        unlinkSync(this.cfg.socket);
+      } catch {
+        /* already gone */
+      }
+    }
+    for (const c of this.conns) this.finish(c);
+    for (const inst of this.instances.values()) {
+      inst.watcher?.stop();
+      if (inst.pidfd >= 0) sock.close(inst.pidfd);
+      inst.pidfd = -1;
+    }
+  }
+
+  liveCount(): number {
+    let n = 0;
+    for (const i of this.instances.values()) if (i.status.state !== 'exited') n++;
+    return n;
+  }
+
+  allocatedUids(): number[] {
+    return this.uids.allocated();
+  }
+
+  // ---- connections -------------------------------------------------------------------------
+
+  private acceptAll(): void {
+    for (;;) {
+      let peer: sock.Peer | null;
+      try {
+        peer = sock.accept(this.listenFd, true);
+      } catch (e) {
+        log.warn(`accept: ${(e as Error).message}`);
+        return;
+      }
+      if (!peer) return;
+      const caller: Caller = { uid: peer.uid, gid: peer.gid, pid: peer.pid, pidfd: peer.pidfd, groups: [peer.gid] };
+      const c: Conn = { fd: peer.fd, caller, done: false };
+      this.conns.add(c);
+      c.timer = setTimeout(() => {
+        log.warn(`uid ${caller.uid}: no request within ${this.cfg.requestTimeoutMs} ms; connection closed`);
+        this.finish(c);
+      }, this.cfg.requestTimeoutMs);
+      c.watcher = sock.poll(c.fd, 'readable', () => this.onReadable(c));
+    }
+  }
+
+  private onReadable(c: Conn): void {
+    if (c.done) return;
+    let packet: sock.Received | null;
+    try {
+      packet = sock.recv(c.fd, MAX_MESSAGE_BYTES, MAX_FDS);
+    } catch (e) {
+      log.warn(`uid ${c.caller.uid}: recv: ${(e as Error).message}`);
+      this.finish(c);
+      return;
+    }
+    if (!packet) return;
+    c.watcher?.stop();
+    clearTimeout(c.timer);
+    if (packet.eof) {
+      this.finish(c);
+      return;
+    }
+    void this.handle(c, packet).finally(() => {
+      for (const fd of packet!.fds) safeClose(fd);
+      this.finish(c);
+    });
+  }
+
+  private finish(c: Conn): void {
+    if (c.done) return;
+    c.done = true;
+    c.watcher?.stop();
+    clearTimeout(c.timer);
+    safeClose(c.fd);
+    if (c.caller.pidfd >= 0) safeClose(c.caller.pidfd);
+    this.conns.delete(c);
+  }
+
+  private async handle(c: Conn, packet: sock.Received): Promise<void> {
+    const t0 = process.hrtime.bigint();
+    let req: Request | undefined;
+    let reply: Reply;
+    let rollback: (() => Promise<void>) | undefined;
+    try {
+      if (this.stopping) throw new RequestError('ESHUTDOWN');
+      req = decodeRequest(packet);
+      this.rateLimit(c.caller.uid);
+      if (req.op === 'mount') {
+        const r = await this.mount(c.caller, req, packet.fds);
+        reply = r.reply;
+        rollback = r.rollback;
+      } else if (req.op === 'unmount') reply = await this.unmount(c.caller, req, packet.fds);
+      else reply = this.list(c.caller);
+    } catch (e) {
+      reply = errorReply(e);
+      const what = req ? req.op : 'request';
+      log.info(`uid ${c.caller.uid}: ${what} refused: ${reply.ok ? '' : `${reply.code}: ${reply.message}`}`);
+    }
+    try {
+      sock.send(c.fd, encodeReply(reply), []);
+    } catch (e) {
+      // The caller went away before the answer: a mount it never learned of is undone, so a
+      // disconnecting client leaves nothing behind.
+      log.info(`uid ${c.caller.uid}: the caller disconnected before the reply (${(e as Error).message})${rollback ? '; undoing the mount' : ''}`);
+      if (rollback) await rollback();
+    }
+    if (reply.ok && req?.op === 'mount') {
+      log.debug(`mount answered in ${Number(process.hrtime.bigint() - t0) / 1e6} ms`);
+    }
+  }
+
+  private rateLimit(uid: number): void {
+    const { perSecond, burst } = this.cfg.rate;
+    const now = Date.now();
+    const b = this.buckets.get(uid) ?? { tokens: burst, at: now };
+    b.tokens = Math.min(burst, b.tokens + ((now - b.at) / 1000) * perSecond);
+    b.at = now;
+    this.buckets.set(uid, b);
+    if (b.tokens < 1) throw new RequestError('ELIMIT_RATE', `more than ${perSecond} requests per second (burst ${burst}) from uid ${uid}; slow down`);
+    b.tokens -= 1;
+  }
+
+  // ---- mount -------------------------------------------------------------------------------
+
+  private async mount(caller: Caller, req: MountRequest, fds: number[]): Promise<{ reply: Reply; rollback: () => Promise<void> }> {
+    if (caller.pidfd < 0) throw new RequestError('EPEER', 'the kernel gave no pidfd for the caller (it may be in a pid namespace the broker cannot see, on a kernel before 6.5)');
+    if (!this.cfg.fstypes.includes(req.fstype)) throw new RequestError('EFSTYPE', `filesystem type "${oneLine(req.fstype, 40)}" is not allowed (allowed: ${this.cfg.fstypes.join(', ')})`);
+    const server = this.servers.get(req.fstype);
+    if (!server) throw new RequestError('EFSTYPE', `no server definition serves "${req.fstype}"`);
+    const sourceFd = fds[req.fds.indexOf('source')];
+    const targetFd = fds[req.fds.indexOf('target')];
+    caller.groups = callerGroups(caller.pidfd, caller.gid);
+    const opts = parseMountOptions(req.options, server, caller, this.cfg);
+    checkSource(sourceFd, opts.readOnly);
+    checkTarget(targetFd, caller);
+    const mine = [...this.instances.values()].filter((i) => i.status.state !== 'exited' && i.rec.owner_uid === caller.uid).length;
+    if (mine >= this.cfg.maxMountsPerUser) throw new RequestError('ELIMIT_MOUNTS', `uid ${caller.uid} already has ${mine} live mounts (limit ${this.cfg.maxMountsPerUser})`);
+    if (this.liveCount() >= this.cfg.maxMounts) throw new RequestError('ELIMIT_TOTAL', `the broker already holds ${this.liveCount()} mounts (mount_max ${this.cfg.maxMounts})`);
+
+    for (let attempt = 0; ; attempt++) {
+      const uid = this.uids.pick();
+      if (uid === undefined) throw new RequestError('EUIDS_EXHAUSTED', `all ${this.uids.size} uids of ${this.cfg.uidRange.join('-')} are in use`);
+      const id = this.nextId++;
+      const rec: InstanceRecord = {
+        id,
+        owner_uid: caller.uid,
+        owner_gid: caller.gid,
+        fstype: req.fstype,
+        options: opts.readOnly ? 'ro' : 'rw',
+        source: req.sourceName ?? '(descriptor)',
+        target: req.targetName ?? '(descriptor)',
+        uid,
+        server: server.name,
+        started_at: Date.now(),
+      };
+      this.dir.writeRecord(rec);
+      const spec = mountSpec({
+        id,
+        runtimeDir: this.cfg.runtimeDir,
+        uid,
+        server,
+        policyDir: this.cfg.policyDir,
+        standin: this.standin,
+        callerUid: caller.uid,
+        callerGid: caller.gid,
+        readOnly: opts.readOnly,
+        serverOptions: opts.serverOptions,
+        maxRead: opts.maxRead,
+        fsname: fsnameFor(req.sourceName),
+        fstype: req.fstype,
+      });
+      const { pid, ready } = spawnLauncher({ launcher: this.launcher, spec, fds: [sourceFd, targetFd, caller.pidfd], logFile: this.dir.file(id, 'log'), readyTimeoutMs: server.readyTimeoutMs + 5000 });
+      // Our unreaped child: its pid cannot be reused yet, so this pidfd is the launcher's.
+      const pidfd = sock.pidfdOpen(pid);
+      rec.launcher_pid = pid;
+      rec.launcher_start = processStartTime(pid);
+      this.dir.writeRecord(rec);
+      const inst = this.track(rec, pidfd, { state: 'starting' });
+      const r = await ready;
+      if (r.ok) {
+        rec.mnt_id = r.mntId;
+        this.dir.writeRecord(rec);
+        inst.status = { state: 'running', server_pid: r.serverPid };
+        log.info(`instance ${id}: mounted ${rec.fstype} ${rec.source} on ${rec.target} (${rec.options}) for uid ${caller.uid}; sandbox uid ${uid}, server pid ${r.serverPid}`);
+        return {
+          reply: { ok: true, id, uid, server_pid: r.serverPid, mnt_id: r.mntId },
+          rollback: async () => {
+            await this.stopInstance(inst, 10000);
+          },
+        };
+      }
+      // A failed start: make sure the launcher is gone before the uid and id are forgotten.
+      signalLauncher(pidfd);
+      await inst.ended;
+      this.forget(inst);
+      if (r.code === 'EUID_BUSY' && attempt < 3) continue; // another broker's instance holds it
+      const tail = oneLine(this.dir.logTail(id, 600), 400);
+      log.info(`instance ${id}: start failed: ${r.code}: ${r.message}${tail && !r.message.includes(tail) ? ` (log: ${tail})` : ''}`);
+      throw new RequestError(r.code as never, r.message);
+    }
+  }
+
+  /** Starts watching an instance's launcher; called for new and re-adopted instances. */
+  private track(rec: InstanceRecord, pidfd: number, status: Instance['status']): Instance {
+    let endedResolve!: (s: Instance['status']) => void;
+    const ended = new Promise<Instance['status']>((r) => (endedResolve = r));
+    const inst: Instance = { rec, pidfd, status, ended, endedResolve };
+    this.instances.set(rec.id, inst);
+    this.uids.hold(rec.uid);
+    this.nextId = Math.max(this.nextId, rec.id + 1);
+    inst.watcher = onPidfdExit(pidfd, () => this.onLauncherExit(inst));
+    return inst;
+  }
+
+  private onLauncherExit(inst: Instance): void {
+    const st = this.dir.readState(inst.rec.id) ?? { state: 'exited' as const, reason: 'the launcher died without a final state' };
+    const wasRunning = inst.status.state === 'running';
+    inst.status = { ...st, state: 'exited', ended_at: st.ended_at ?? Date.now() };
+    if (st.state !== 'exited') inst.status.reason = `the launcher ended unexpectedly (last state ${st.state})`;
+    safeClose(inst.pidfd);
+    inst.pidfd = -1;
+    this.uids.release(inst.rec.uid);
+    if (wasRunning) {
+      const how = inst.status.exit_signal ? `killed by signal ${inst.status.exit_signal}` : `exit status ${inst.status.exit_code ?? '?'}`;
+      log.info(`instance ${inst.rec.id}: ${inst.rec.source} on ${inst.rec.target} (uid ${inst.rec.owner_uid}) ended: ${inst.status.reason ?? 'server exited'}, server ${how}; mount detached, sandbox uid ${inst.rec.uid} released`);
+    }
+    setTimeout(() => this.forget(inst), ENDED_KEEP_MS).unref();
+    inst.endedResolve(inst.status);
+  }
+
+  private forget(inst: Instance): void {
+    if (this.instances.get(inst.rec.id) !== inst) return;
+    this.instances.delete(inst.rec.id);
+    this.dir.remove(inst.rec.id);
+  }
+
+  // ---- unmount, list -----------------------------------------------------------------------
+
+  private async unmount(caller: Caller, req: UnmountRequest, fds: number[]): Promise<Reply> {
+    let inst: Instance | undefined;
+    if (req.id !== undefined) {
+      inst = this.instances.get(req.id);
+      if (!inst || inst.status.state === 'exited') throw new RequestError('ENOENT_MOUNT', `no live broker mount with id ${req.id}`);
+    } else {
+      const fd = fds[req.fds.indexOf('target')];
+      const info = sock.fdInfo(fd);
+      if (info.type === 'lnk') throw new RequestError('EBADFD_TARGET', 'the target is a symbolic link; symlinks are never followed');
+      const m = sock.statxMount(fd);
+      if (!m.isMountRoot) throw new RequestError('ENOENT_MOUNT', 'the target is not the root of a mount');
+      const id = String(m.mntIdUnique);
+      inst = [...this.instances.values()].find((i) => i.status.state !== 'exited' && i.rec.mnt_id === id);
+      if (!inst) throw new RequestError('ENOENT_MOUNT', 'the target is not a mount made by this broker');
+    }
+    if (caller.uid !== 0 && caller.uid !== inst.rec.owner_uid) throw new RequestError('EPERM_MOUNT', `mount ${inst.rec.id} belongs to uid ${inst.rec.owner_uid}`);
+    const st = await this.stopInstance(inst, req.timeoutMs ?? 10000);
+    log.info(`instance ${inst.rec.id}: unmounted ${inst.rec.target} for uid ${caller.uid}`);
+    return { ok: true, id: inst.rec.id, exit_code: st.exit_code ?? null, exit_signal: st.exit_signal ?? null };
+  }
+
+  /** Asks the launcher to detach and end the server, and waits until it has. */
+  private async stopInstance(inst: Instance, timeoutMs: number): Promise<Instance['status']> {
+    if (inst.status.state === 'exited') return inst.status;
+    inst.status = { ...inst.status, state: 'stopping' };
+    signalLauncher(inst.pidfd);
+    // The launcher waits stopTimeout for the server, then SIGTERM, then 2 s, then SIGKILL.
+    const timer = new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), timeoutMs + 5000).unref());
+    const r = await Promise.race([inst.ended, timer]);
+    if (r === 'timeout') throw new RequestError('EINTERNAL', `instance ${inst.rec.id} did not stop within ${timeoutMs + 5000} ms`);
+    return r;
+  }
+
+  private list(caller: Caller): Reply {
+    const mounts = [];
+    for (const inst of [...this.instances.values()].sort((a, b) => a.rec.id - b.rec.id)) {
+      if (caller.uid !== 0 && inst.rec.owner_uid !== caller.uid) continue;
+      const r = inst.rec;
+      const s = inst.status;
+      mounts.push({ id: r.id, owner_uid: r.owner_uid, fstype: r.fstype, options: r.options, source: r.source, target: r.target, uid: r.uid, state: s.state, started_at: r.started_at, server_pid: s.server_pid ?? null, exit_code: s.exit_code ?? null, exit_signal: s.exit_signal ?? null, reason: s.reason ?? null });
+      // An ended instance is reported to its owner once, then forgotten.
+      if (s.state === 'exited' && caller.uid === r.owner_uid) this.forget(inst);
+    }
+    return { ok: true, mounts };
+  }
+
+  // ---- restart -----------------------------------------------------------------------------
+
+  /** Takes over the instances a previous broker started (their launchers outlive brokers). */
+  private adopt(): void {
+    for (const id of this.dir.ids()) {
+      this.nextId = Math.max(this.nextId, id + 1);
+      const rec = this.dir.readRecord(id);
+      const st = this.dir.readState(id);
+      if (!rec) {
+        this.dir.remove(id);
+        continue;
+      }
+      const pidfd = st?.state === 'exited' ? undefined : openLauncherPidfd(rec);
+      if (pidfd === undefined) {
+        // Ended while no broker ran (or never started): keep it listable once, then forget it.
+        const status = { ...(st ?? { state: 'exited' as const }), state: 'exited' as const, reason: st?.reason ?? 'ended while the broker was not running' };
+        const inst: Instance = { rec, pidfd: -1, status, ended: Promise.resolve(status), endedResolve: () => {} };
+        this.instances.set(id, inst);
+        setTimeout(() => this.forget(inst), ENDED_KEEP_MS).unref();
+        continue;
+      }
+      this.track(rec, pidfd, st ?? { state: 'running' });
+      log.info(`instance ${id}: re-adopted (${rec.source} on ${rec.target}, uid ${rec.owner_uid}, launcher pid ${rec.launcher_pid})`);
+    }
+  }
+}
+
+/** Waits until a stopped broker's instances are gone (used by tests and `stop`). */
+export async function waitForExit(pidfd: number, ms: number): Promise<boolean> {
+  return waitPidfd(pidfd, ms);
+}
+
+function groupId(g: string): number {
+  if (/^\d+$/.test(g)) return Number(g);
+  for (const line of readFileSync('/etc/group', 'utf8').split('\n')) {
+    const f = line.split(':');
+    if (f[0] === g) return Number(f[2]);
+  }
+  throw new Error(`unknown group "${g}"`);
+}
+
+function safeClose(fd: number): void {
+  try {
+    sock.close(fd);
+  } catch {
+    /* already closed */
+  }
+}

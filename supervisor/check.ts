@@ -1,0 +1,82 @@
+// `fuse-svcd check`: every kernel feature the broker relies on, whether it is there, and what
+// to do if not. The broker runs the same checks at start and refuses to run without a required one.
+import { accessSync, constants, existsSync, readFileSync, statSync } from 'node:fs';
+import os from 'node:os';
+
+export type Check = { name: string; required: boolean; ok: boolean; detail: string; fix?: string };
+
+function read(p: string): string | undefined {
+  try {
+    return readFileSync(p, 'utf8').trim();
+  } catch {
+    return undefined;
+  }
+}
+
+function kernelAtLeast(major: number, minor: number): boolean {
+  const m = /^(\d+)\.(\d+)/.exec(os.release());
+  if (!m) return false;
+  const [a, b] = [Number(m[1]), Number(m[2])];
+  return a > major || (a === major && b >= minor);
+}
+
+export function hostChecks(): Check[] {
+  const out: Check[] = [];
+  const add = (c: Check) => out.push(c);
+
+  add({ name: 'root', required: true, ok: process.getuid?.() === 0, detail: `running as uid ${process.getuid?.()}`, fix: 'run fuse-svcd as root (or in a container with the capabilities in docs/deploy.md)' });
+
+  const rel = os.release();
+  add({ name: 'kernel', required: true, ok: kernelAtLeast(5, 9), detail: `Linux ${rel}`, fix: 'fsopen/move_mount (5.2), pidfd_open (5.3), seccomp ADDFD (5.9) and close_range (5.9) need Linux 5.9 or later' });
+  add({ name: 'SO_PEERPIDFD', required: false, ok: kernelAtLeast(6, 5), detail: kernelAtLeast(6, 5) ? 'available (Linux 6.5+)' : 'not available', fix: 'without it, callers in other pid namespaces (other containers) are refused with EPEER; use Linux 6.5 or later' });
+
+  const maxUserNs = read('/proc/sys/user/max_user_namespaces');
+  add({ name: 'user namespaces', required: true, ok: existsSync('/proc/self/ns/user') && maxUserNs !== '0', detail: `max_user_namespaces=${maxUserNs ?? 'absent'}`, fix: 'enable CONFIG_USER_NS and set sysctl user.max_user_namespaces to a positive number' });
+  for (const ns of ['mnt', 'pid', 'net', 'ipc', 'uts', 'cgroup']) {
+    add({ name: `${ns} namespaces`, required: true, ok: existsSync(`/proc/self/ns/${ns}`), detail: existsSync(`/proc/self/ns/${ns}`) ? 'available' : 'missing', fix: `enable CONFIG_${ns.toUpperCase()}_NS` });
+  }
+  const aa = read('/proc/sys/kernel/apparmor_restrict_unprivileged_userns');
+  add({ name: 'AppArmor userns restriction', required: false, ok: aa !== '1', detail: aa === undefined ? 'not present' : `apparmor_restrict_unprivileged_userns=${aa}`, fix: 'the broker creates namespaces as root, which this does not restrict; an AppArmor profile confining fuse-svcd must allow userns' });
+
+  let fuseOk = false;
+  let fuseDetail = 'missing';
+  try {
+    const st = statSync('/dev/fuse');
+    fuseOk = st.isCharacterDevice() && st.rdev === ((10 << 8) | 229);
+    accessSync('/dev/fuse', constants.R_OK | constants.W_OK);
+    fuseDetail = fuseOk ? 'character device 10:229, read/write' : 'not the FUSE device 10:229';
+  } catch (e) {
+    fuseOk = false;
+    fuseDetail = (e as Error).message;
+  }
+  add({ name: '/dev/fuse', required: true, ok: fuseOk, detail: fuseDetail, fix: 'modprobe fuse; in a container: devices: [/dev/fuse]' });
+  const fss = read('/proc/filesystems') ?? '';
+  add({ name: 'fuse filesystem', required: true, ok: /\tfuse$/m.test(fss), detail: /\tfuse$/m.test(fss) ? 'registered' : 'not in /proc/filesystems', fix: 'modprobe fuse' });
+
+  const actions = read('/proc/sys/kernel/seccomp/actions_avail') ?? '';
+  add({ name: 'seccomp filters', required: true, ok: /\bstatus\b|Seccomp:/.test(read('/proc/self/status') ?? '') && actions.includes('errno'), detail: actions ? `actions: ${actions}` : 'no seccomp', fix: 'enable CONFIG_SECCOMP_FILTER' });
+  add({ name: 'seccomp user notification', required: true, ok: actions.includes('user_notif'), detail: actions.includes('user_notif') ? 'available' : 'missing', fix: 'needs Linux 5.0+ with CONFIG_SECCOMP_FILTER (the source is handed to servers this way)' });
+
+  const cg2 = existsSync('/sys/fs/cgroup/cgroup.controllers') ? '/sys/fs/cgroup' : existsSync('/sys/fs/cgroup/unified/cgroup.controllers') ? '/sys/fs/cgroup/unified' : undefined;
+  const v1mem = existsSync('/sys/fs/cgroup/memory/memory.limit_in_bytes');
+  let cgDetail = cg2 ? `cgroup2 at ${cg2} (controllers: ${read(`${cg2}/cgroup.controllers`) || 'none'})` : 'no cgroup2';
+  if (v1mem) cgDetail += '; cgroup v1 memory and pids controllers';
+  let writable = false;
+  for (const p of [cg2, v1mem ? '/sys/fs/cgroup/memory' : undefined]) {
+    if (!p) continue;
+    try {
+      accessSync(p, constants.W_OK);
+      writable = true;
+    } catch {
+      /* read-only */
+    }
+  }
+  add({ name: 'cgroups', required: false, ok: writable, detail: `${cgDetail}${writable ? ', writable' : ', not writable'}`, fix: 'without a writable cgroup hierarchy, instances get rlimits only (no memory/pids/cpu limits)' });
+  return out;
+}
+
+export function formatChecks(checks: Check[]): string {
+  return checks
+    .map((c) => `${c.ok ? 'ok  ' : c.required ? 'FAIL' : 'warn'}  ${c.name}: ${c.detail}${c.ok || !c.fix ? '' : `\n      -> ${c.fix}`}`)
+    .join('\n');
+}

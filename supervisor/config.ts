@@ -1,0 +1,184 @@
+// Broker configuration: defaults, the optional JSON file, and /etc/fuse.conf.
+// Every error names the file and the key, like systemd's parser names file:line.
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { packageRoot } from './paths.js';
+
+export type Config = {
+  socket: string;
+  socketMode: number;
+  socketGroup?: string;
+  runtimeDir: string;
+  /** Filesystem types a caller may ask for. */
+  fstypes: string[];
+  /** Dynamic uids for sandboxes, inclusive (systemd's DynamicUser range by default). */
+  uidRange: [number, number];
+  /** Live mounts one uid may hold. */
+  maxMountsPerUser: number;
+  /** Live mounts in all (fuse.conf mount_max, default 1000). */
+  maxMounts: number;
+  /** May non-root callers ask for allow_other (fuse.conf user_allow_other). */
+  userAllowOther: boolean;
+  /** Requests per second and burst per uid (token bucket). */
+  rate: { perSecond: number; burst: number };
+  serverDir: string;
+  policyDir: string;
+  /** Where the launcher and the stand-in live. */
+  nativeDir: string;
+  /** How long a request may take to arrive after connect. */
+  requestTimeoutMs: number;
+  /** mount a private, unmasked procfs (needed inside Docker, see docs/deploy.md). */
+  procSource: 'auto' | 'none';
+  /** cgroup handling for instances. */
+  cgroups: 'auto' | 'none';
+  publishClient: boolean;
+};
+
+export const DEFAULTS: Readonly<Config> = Object.freeze({
+  socket: '/run/fuse-svc/broker.sock',
+  socketMode: 0o666,
+  runtimeDir: '/run/fuse-svc',
+  fstypes: ['ext2', 'ext3', 'ext4'],
+  uidRange: [61184, 65519] as [number, number],
+  maxMountsPerUser: 32,
+  maxMounts: 1000,
+  userAllowOther: false,
+  rate: { perSecond: 50, burst: 100 },
+  serverDir: path.join(packageRoot, 'server'),
+  policyDir: path.join(packageRoot, 'policies', 'seccomp'),
+  nativeDir: path.join(packageRoot, 'build', 'Release'),
+  requestTimeoutMs: 5000,
+  procSource: 'auto' as const,
+  cgroups: 'auto' as const,
+  publishClient: true,
+});
+
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+type Json = Record<string, unknown>;
+
+/** Keys the JSON file may set, with their checker. */
+const FILE_KEYS: Record<string, (v: unknown, where: string) => Partial<Config>> = {
+  socket: (v, w) => ({ socket: absPath(v, w) }),
+  socket_mode: (v, w) => ({ socketMode: mode(v, w) }),
+  socket_group: (v, w) => ({ socketGroup: nonEmpty(v, w) }),
+  runtime_dir: (v, w) => ({ runtimeDir: absPath(v, w) }),
+  fstypes: (v, w) => ({ fstypes: fstypeList(v, w) }),
+  uid_range: (v, w) => ({ uidRange: uidRange(v, w) }),
+  max_mounts_per_user: (v, w) => ({ maxMountsPerUser: int(v, w, 1, 100000) }),
+  max_mounts: (v, w) => ({ maxMounts: int(v, w, 1, 1000000) }),
+  rate_per_second: (v, w) => ({ rate: { perSecond: int(v, w, 1, 100000), burst: -1 } }),
+  rate_burst: (v, w) => ({ rate: { perSecond: -1, burst: int(v, w, 1, 100000) } }),
+  server_dir: (v, w) => ({ serverDir: absPath(v, w) }),
+  policy_dir: (v, w) => ({ policyDir: absPath(v, w) }),
+  request_timeout_ms: (v, w) => ({ requestTimeoutMs: int(v, w, 100, 600000) }),
+  proc_source: (v, w) => ({ procSource: oneOf(v, w, ['auto', 'none'] as const) }),
+  cgroups: (v, w) => ({ cgroups: oneOf(v, w, ['auto', 'none'] as const) }),
+  publish_client: (v, w) => ({ publishClient: bool(v, w) }),
+};
+
+/** Reads the JSON config file (all keys optional) on top of `base`. */
+export function loadConfigFile(file: string, base: Config): Config {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new ConfigError(`${file}: cannot read: ${(e as Error).message}`);
+  }
+  let o: unknown;
+  try {
+    o = JSON.parse(text);
+  } catch (e) {
+    throw new ConfigError(`${file}: not valid JSON: ${(e as Error).message}`);
+  }
+  if (typeof o !== 'object' || o === null || Array.isArray(o)) throw new ConfigError(`${file}: must be a JSON object`);
+  let cfg: Config = { ...base, rate: { ...base.rate } };
+  for (const [k, v] of Object.entries(o as Json)) {
+    const check = FILE_KEYS[k];
+    if (!check) throw new ConfigError(`${file}: unknown key "${k}" (known: ${Object.keys(FILE_KEYS).join(', ')})`);
+    const part = check(v, `${file}: ${k}`);
+    if (part.rate) {
+      cfg.rate = {
+        perSecond: part.rate.perSecond > 0 ? part.rate.perSecond : cfg.rate.perSecond,
+        burst: part.rate.burst > 0 ? part.rate.burst : cfg.rate.burst,
+      };
+      delete part.rate;
+    }
+    cfg = { ...cfg, ...part };
+  }
+  return cfg;
+}
+
+/** /etc/fuse.conf: `user_allow_other` and `mount_max = N`, as fusermount reads them. */
+export function readFuseConf(file = '/etc/fuse.conf'): { userAllowOther?: boolean; mountMax?: number } {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch {
+    return {};
+  }
+  const out: { userAllowOther?: boolean; mountMax?: number } = {};
+  text.split('\n').forEach((raw, i) => {
+    const line = raw.replace(/#.*/, '').trim();
+    if (!line) return;
+    if (line === 'user_allow_other') out.userAllowOther = true;
+    else {
+      const m = /^mount_max\s*=\s*(-?\d+)$/.exec(line);
+      if (m) {
+        const n = Number(m[1]);
+        out.mountMax = n < 0 ? 1000000 : n;
+      } else process.stderr.write(`fuse-svcd: ${file}:${i + 1}: unknown option "${line}", ignored (as fusermount does)\n`);
+    }
+  });
+  return out;
+}
+
+export function parseUidRange(s: string, where = '--uid-range'): [number, number] {
+  const m = /^(\d+)-(\d+)$/.exec(s);
+  if (!m) throw new ConfigError(`${where}: expected FIRST-LAST, e.g. 61184-65519`);
+  return uidRange([Number(m[1]), Number(m[2])], where);
+}
+
+export function parseMode(s: string, where = '--socket-mode'): number {
+  return mode(s, where);
+}
+
+function uidRange(v: unknown, w: string): [number, number] {
+  if (!Array.isArray(v) || v.length !== 2 || !v.every((n) => Number.isInteger(n))) throw new ConfigError(`${w}: expected [first, last]`);
+  const [a, b] = v as [number, number];
+  if (a < 1000 || b > 0xfffffffe || a > b) throw new ConfigError(`${w}: range must lie within 1000-4294967294 and first <= last (0 and system uids are never used)`);
+  return [a, b];
+}
+function mode(v: unknown, w: string): number {
+  const s = typeof v === 'number' ? v.toString(8) : v;
+  if (typeof s !== 'string' || !/^0?[0-7]{3}$/.test(s)) throw new ConfigError(`${w}: expected an octal mode like "0660"`);
+  return parseInt(s, 8);
+}
+function absPath(v: unknown, w: string): string {
+  if (typeof v !== 'string' || !path.isAbsolute(v) || v.includes('\0')) throw new ConfigError(`${w}: expected an absolute path`);
+  return path.normalize(v);
+}
+function nonEmpty(v: unknown, w: string): string {
+  if (typeof v !== 'string' || v === '') throw new ConfigError(`${w}: expected a non-empty string`);
+  return v;
+}
+function fstypeList(v: unknown, w: string): string[] {
+  if (!Array.isArray(v) || !v.every((t) => typeof t === 'string' && /^[a-z0-9_.-]{1,32}$/.test(t))) {
+    throw new ConfigError(`${w}: expected an array of filesystem type names`);
+  }
+  return v as string[];
+}
+function int(v: unknown, w: string, min: number, max: number): number {
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) throw new ConfigError(`${w}: expected an integer from ${min} to ${max}`);
+  return v;
+}
+function bool(v: unknown, w: string): boolean {
+  if (typeof v !== 'boolean') throw new ConfigError(`${w}: expected true or false`);
+  return v;
+}
+function oneOf<T extends string>(v: unknown, w: string, allowed: readonly T[]): T {
+  if (typeof v !== 'string' || !allowed.includes(v as T)) throw new ConfigError(`${w}: expected one of ${allowed.join(', ')}`);
+  return v as T;
+}

@@ -1,0 +1,141 @@
+// Builds the flat spec the C launcher reads on fd 3 (format: docs/launcher.md). All parsing and
+// validation happens here; the launcher only checks the syntax of what it is given.
+import { existsSync, readFileSync } from 'node:fs';
+import path from 'node:path';
+import type { ServerDef } from './servers.js';
+import { parseOciProfile, profileToSpecRecords } from './sandbox/seccomp.js';
+
+export type SpecRecord = (string | number)[];
+
+/** Fd numbers the broker hands the launcher (stdio positions of the spawn). */
+export const LAUNCHER_FDS = { spec: 3, source: 4, target: 5, callerPidfd: 6 } as const;
+/** Where the server finds its FUSE fd and its source. */
+export const SERVER_FUSE_FD = 3;
+export const SOURCE_SENTINEL = '/dev/fuse-svc/source';
+export const SERVER_MOUNTPOINT = '/mnt';
+
+export function renderSpec(records: SpecRecord[]): Buffer {
+  const lines = records.map((r) => {
+    const fields = r.map(String);
+    for (const f of fields) {
+      if (/[\t\n\0]/.test(f)) throw new Error(`launcher spec field ${JSON.stringify(f)} contains a tab, newline or NUL`);
+    }
+    return fields.join('\t');
+  });
+  const b = Buffer.from(lines.join('\n') + '\n');
+  if (b.length > 65536) throw new Error('launcher spec larger than 64 KiB');
+  return b;
+}
+
+const policyCache = new Map<string, SpecRecord[]>();
+/** The seccomp records of a policy file in policies/seccomp/, parsed once per process. */
+export function seccompRecords(policyDir: string, name: string): SpecRecord[] {
+  const file = path.join(policyDir, `${name}.json`);
+  const cached = policyCache.get(file);
+  if (cached) return cached;
+  const recs: SpecRecord[] = profileToSpecRecords(parseOciProfile(readFileSync(file, 'utf8'), file));
+  policyCache.set(file, recs);
+  return recs;
+}
+
+export type MountInstance = {
+  id: number;
+  runtimeDir: string;
+  uid: number;
+  server: ServerDef;
+  policyDir: string;
+  standin: string;
+  callerUid: number;
+  callerGid: number;
+  readOnly: boolean;
+  /** Options for the server's -o, already validated. */
+  serverOptions: string[];
+  /** Kernel mount options already validated (max_read=). */
+  maxRead?: number;
+  fsname: string;
+  fstype: string;
+  cgroup?: string;
+};
+
+/** The spec of one brokered mount: mount + sandbox + server. */
+export function mountSpec(m: MountInstance): SpecRecord[] {
+  const s = m.server;
+  const subst = (a: string) =>
+    a
+      .replaceAll('{options}', m.serverOptions.join(','))
+      .replaceAll('{source}', SOURCE_SENTINEL)
+      .replaceAll('{mountpoint}', s.fuseFd === 'devfd' ? `/dev/fd/${SERVER_FUSE_FD}` : SERVER_MOUNTPOINT)
+      .replaceAll('{fusefd}', String(SERVER_FUSE_FD));
+  const recs: SpecRecord[] = [
+    ['version', 1],
+    ['id', m.id],
+    ['rundir', m.runtimeDir],
+    ['uid', m.uid],
+    ['gid', m.uid],
+    ['fd', 'source', LAUNCHER_FDS.source],
+    ['fd', 'target', LAUNCHER_FDS.target],
+    ['fd', 'caller_pidfd', LAUNCHER_FDS.callerPidfd],
+    ['mount', 'fuse'],
+    ['mount_fsname', m.fsname],
+    ['mount_subtype', m.fstype],
+    ['mount_owner', m.callerUid, m.callerGid],
+    ['mount_readonly', m.readOnly ? 1 : 0],
+  ];
+  if (m.maxRead !== undefined) recs.push(['mount_max_read', m.maxRead]);
+  recs.push(['fuse_fd', SERVER_FUSE_FD], ['source_sentinel', SOURCE_SENTINEL]);
+  recs.push(...sandboxRoot(s, m.standin, m.cgroup));
+  recs.push(['root_dir', SERVER_MOUNTPOINT], ['root_file', SOURCE_SENTINEL]);
+  recs.push(['env', 'PATH=/usr/bin:/bin'], ['env', `FUSE_SVC_FUSE_FD=${SERVER_FUSE_FD}`], ['cwd', '/']);
+  recs.push(['exec', s.exec], ...s.argv.map((a) => ['arg', subst(a)]));
+  recs.push(...seccompRecords(m.policyDir, s.seccompPolicy));
+  recs.push(['stop_timeout_ms', s.stopTimeoutMs], ['ready_timeout_ms', s.readyTimeoutMs]);
+  return recs;
+}
+
+/** The root, devices, limits and identity every server sandbox gets. */
+export function sandboxRoot(s: ServerDef, standin: string, cgroup?: string): SpecRecord[] {
+  const recs: SpecRecord[] = [['root_usr', 1]];
+  if (s.fuseFd === 'fusermount') recs.push(['root_bin', 'standin', standin]);
+  for (const p of s.paths) {
+    if (existsSync(p.src)) recs.push(['root_bind', p.src, p.dst, 'ro']);
+    else if (!p.optional) throw new Error(`${s.file}: path ${p.src} does not exist on this host`);
+  }
+  for (const d of ['null', 'zero', 'full', 'random', 'urandom']) recs.push(['dev', d]);
+  recs.push(['tmp_size', s.tmpSize], ['proc', 'invisible'], ['hostname', 'fuse-svc']);
+  for (const [name, [soft, hard]] of Object.entries(s.rlimits)) {
+    recs.push(['rlimit', name, soft === 'infinity' ? 'inf' : soft, hard === 'infinity' ? 'inf' : hard]);
+  }
+  recs.push(['umask', '0077'], ['oom_score_adj', 500], ['nnp', 1]);
+  if (cgroup) recs.push(['cgroup', cgroup]);
+  return recs;
+}
+
+export type CommandInstance = {
+  id: number;
+  runtimeDir: string;
+  uid: number;
+  server: ServerDef;
+  policyDir: string;
+  standin: string;
+  exec: string;
+  argv: string[];
+  env?: string[];
+  /** Extra read-only binds (e.g. a test probe that does not live under /usr). */
+  binds?: { src: string; dst: string }[];
+  /** A connected socket handed to the command as fd 3 with LISTEN_FDS (socket activation). */
+  connFd?: number;
+  cgroup?: string;
+};
+
+/** A sandboxed command without a mount: the same sandbox a server of `server` gets. */
+export function commandSpec(c: CommandInstance): SpecRecord[] {
+  const recs: SpecRecord[] = [['version', 1], ['id', c.id], ['rundir', c.runtimeDir], ['uid', c.uid], ['gid', c.uid]];
+  if (c.connFd !== undefined) recs.push(['fd', 'conn', c.connFd], ['listen_env', 1]);
+  recs.push(...sandboxRoot(c.server, c.standin, c.cgroup));
+  for (const b of c.binds ?? []) recs.push(['root_bind', b.src, b.dst, 'ro']);
+  recs.push(['env', 'PATH=/usr/bin:/bin'], ...(c.env ?? []).map((e) => ['env', e]), ['cwd', '/']);
+  recs.push(['exec', c.exec], ...c.argv.map((a) => ['arg', a]));
+  recs.push(...seccompRecords(c.policyDir, c.server.seccompPolicy));
+  recs.push(['stop_timeout_ms', c.server.stopTimeoutMs], ['ready_timeout_ms', c.server.readyTimeoutMs]);
+  return recs;
+}
