@@ -197,11 +197,11 @@ test('SIGTERM during the restart back-off: no restart, the stop command runs at 
 });
 
 test('orphans re-parented to init (subreaper, not PID 1) are reaped and never killed', async () => {
-  // the subshell forks `sleep 0.3` and exits: the sleep is an orphan and comes to init
-  const cmd = script('orphans.sh', `(sleep 0.4 & echo $! > "${dir}/orphan.pid")\nexec sleep 30`);
+  // the subshell forks `sleep 1` and exits: the sleep is an orphan and comes to init
+  const cmd = script('orphans.sh', `(sleep 1 & echo $! > "${dir}/orphan.pid")\nexec sleep 30`);
   const r = startInit(['--', cmd]);
   const pid = await waitFor('orphan pid written', 5000, () => Number(read('orphan.pid').trim()) || undefined);
-  const st = await waitFor('the orphan is re-parented to init', 300, () => {
+  const st = await waitFor('the orphan is re-parented to init', 900, () => {
     const s = procStat(pid);
     return s && s.ppid === r.proc.pid ? s : undefined;
   });
@@ -220,7 +220,9 @@ test('as PID 1 of a pid namespace: orphans are reaped, SIGTERM from outside stop
   const init = await waitFor('init inside the namespace', 5000, () => childrenOf(r.proc.pid!)[0]);
   await waitFor('CMD started', 5000, () => read('pid1.cmd') !== '');
   assert.is(read('pid1.cmd').trim(), '2', 'CMD is pid 2 in the namespace, so init is pid 1');
-  await sleep(600);
+  // both orphans end after 0.2 s; then only CMD may be left under PID 1, and no zombie
+  await waitFor('the orphans reaped', 5000, () => childrenOf(init.pid).length === 1);
+  await sleep(200);
   const kids = childrenOf(init.pid);
   assert.equal(kids.filter((s) => s.state === 'Z'), [], 'no zombies under PID 1');
   assert.is(kids.length, 1, 'only CMD is left under PID 1');

@@ -38,14 +38,40 @@
 #define EXIT_REFUSED 2
 #define EXIT_USAGE 64
 
-/* The protocol's error codes: supervisor/protocol.ts ERRORS (test/client-static.test.ts checks
- * that the two lists agree). A code not in this list is shown as EINTERNAL, as the TS client does. */
-static const char *const error_codes[] = {
-    "EPROTO_JSON", "EPROTO_SIZE", "EPROTO_VERSION", "EPROTO_FIELD", "EPROTO_FDS", "EOP", "EPEER",
-    "EBADFD_SOURCE", "EROFS_SOURCE", "EBADFD_TARGET", "EPERM_TARGET", "EFSTYPE_TARGET", "EFSTYPE",
-    "EOPTION", "ELIMIT_MOUNTS", "ELIMIT_TOTAL", "ELIMIT_RATE", "EUIDS_EXHAUSTED", "EUID_BUSY",
-    "ESERVER_START", "ETIMEDOUT_SERVER", "EMOUNT", "EATTACH", "ESANDBOX", "ENOENT_MOUNT",
-    "EPERM_MOUNT", "ESHUTDOWN", "EINTERNAL",
+/* The protocol's error table: supervisor/protocol.ts ERRORS, code and text (test/client-static.test.ts
+ * checks that the two agree). A code not in it is shown as EINTERNAL, and a reply without a message
+ * gets the code's text, as in the TS client's decodeReply. */
+static const struct {
+    const char *code, *text;
+} error_table[] = {
+    {"EPROTO_JSON", "the message is not a JSON object"},
+    {"EPROTO_SIZE", "the message is empty, larger than the limit, or was truncated"},
+    {"EPROTO_VERSION", "the protocol version is not supported"},
+    {"EPROTO_FIELD", "a field is missing, unknown, or of the wrong type"},
+    {"EPROTO_FDS", "the descriptors attached do not match the roles named in \"fds\""},
+    {"EOP", "the operation is unknown"},
+    {"EPEER", "the caller could not be identified by the kernel (no pidfd)"},
+    {"EBADFD_SOURCE", "the source descriptor is not an open regular file or block device"},
+    {"EROFS_SOURCE", "rw was asked for, but the source descriptor is open read-only"},
+    {"EBADFD_TARGET", "the target descriptor is not a directory (symlinks are never followed)"},
+    {"EPERM_TARGET", "the caller may not mount on the target (needs write access; owner in a sticky directory)"},
+    {"EFSTYPE_TARGET", "the target lies on a filesystem that may not be mounted over"},
+    {"EFSTYPE", "the filesystem type is not allowed by the configuration"},
+    {"EOPTION", "a mount option is unknown, malformed or not allowed"},
+    {"ELIMIT_MOUNTS", "the caller has reached the per-user limit of live mounts"},
+    {"ELIMIT_TOTAL", "the broker has reached its limit of live mounts (mount_max)"},
+    {"ELIMIT_RATE", "the caller sends requests faster than the per-user rate limit"},
+    {"EUIDS_EXHAUSTED", "no dynamic uid is free in the configured range"},
+    {"EUID_BUSY", "the dynamic uid picked for the sandbox was taken by another instance"},
+    {"ESERVER_START", "the filesystem server failed before it answered FUSE_INIT"},
+    {"ETIMEDOUT_SERVER", "the filesystem server did not answer FUSE_INIT in time"},
+    {"EMOUNT", "the kernel refused to create the FUSE mount"},
+    {"EATTACH", "the mount could not be attached in the caller's mount namespace"},
+    {"ESANDBOX", "the sandbox could not be set up"},
+    {"ENOENT_MOUNT", "no broker mount matches (not a mount root made by the broker, or no such id)"},
+    {"EPERM_MOUNT", "the mount belongs to another user"},
+    {"ESHUTDOWN", "the broker is stopping"},
+    {"EINTERNAL", "an internal error; the broker log has details"},
 };
 
 static const char usage_text[] =
@@ -368,6 +394,10 @@ static int open_role(const char *path, int flags, const char *role)
     if (fd >= 0)
         return fd;
     int e = errno;
+    struct stat st;
+    /* O_DIRECTORY|O_NOFOLLOW on a symlink fails ENOTDIR, not ELOOP: say what it really is */
+    if (e == ENOTDIR && strcmp(role, "target") == 0 && lstat(path, &st) == 0 && S_ISLNK(st.st_mode))
+        e = ELOOP;
     if (e == ELOOP && strcmp(role, "target") == 0)
         die_local("cannot open %s %s: it is a symbolic link (never followed)", role, path);
     if (e == ENOTDIR)
@@ -498,12 +528,13 @@ static size_t exchange(const char *path, const struct json_buf *body, const int 
 
 /* ---------------------------------------------------------------- reply */
 
-static int known_code(const char *c)
+/* The table's text for a code, or NULL when the code is not in the table. */
+static const char *code_text(const char *c)
 {
-    for (size_t k = 0; k < sizeof error_codes / sizeof error_codes[0]; k++)
-        if (strcmp(c, error_codes[k]) == 0)
-            return 1;
-    return 0;
+    for (size_t k = 0; k < sizeof error_table / sizeof error_table[0]; k++)
+        if (strcmp(c, error_table[k].code) == 0)
+            return error_table[k].text;
+    return NULL;
 }
 
 static void refused(const char *code, const char *msg) __attribute__((noreturn));
@@ -532,11 +563,11 @@ static const struct json_value *decode_reply(struct json_doc **docp, const char 
         return r;
     }
     const char *code = json_cstr(json_get(r, "code"));
-    if (!code || !known_code(code))
+    if (!code || !code_text(code))
         code = "EINTERNAL";
     const char *msg = json_cstr(json_get(r, "message"));
     if (!msg)
-        msg = "an internal error; the broker log has details";
+        msg = code_text(code);
     refused(code, msg);
 }
 

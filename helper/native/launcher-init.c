@@ -134,9 +134,8 @@ static void init_exec_child(struct init_state *st, char **argv, int own_group, i
         }
         /* Only with a terminal: make the new group the foreground one (tini does the same).
          * SIGTTOU is still blocked here, so tcsetpgrp from a background group works. */
-        if (isatty(STDIN_FILENO) && tcsetpgrp(STDIN_FILENO, getpgrp()) < 0 && errno != ENOTTY && errno != ENXIO) {
-            /* not fatal: the child still runs, just not in the foreground */
-        }
+        if (isatty(STDIN_FILENO))
+            (void)tcsetpgrp(STDIN_FILENO, getpgrp()); /* failure is not fatal: CMD runs in the background */
     }
     sigprocmask(SIG_SETMASK, &st->saved_mask, NULL);
     execvp(argv[0], argv);
