@@ -12,8 +12,8 @@
  * Process tree of one instance:
  *   launcher (supervisor; holds the uid lock, the pinned caller mount ns, the mount fd)
  *     +- server, pid 1 of its own user/mnt/pid/net/ipc/uts/cgroup namespaces
- *     +- short-lived helpers: "checker" (waits for FUSE_INIT, attaches the mount in the
- *        caller's namespace) and "detacher" (detaches it there)
+ *     +- short-lived helpers: "checker" (waits for FUSE_INIT, as the mount's owner),
+ *        "attacher" and "detacher" (attach/detach the mount in the caller's namespace)
  */
 #include <ctype.h>
 #include <errno.h>
@@ -178,7 +178,7 @@ static struct {
 	int sigfd;
 	int devfuse;              /* our copy of the /dev/fuse fd; closed once the server exec'd */
 	int mntfd;                /* the FUSE mount (from fsmount), kept until it is detached */
-	bool maybe_attached;      /* the checker may have attached the mount: detach on the way out */
+	bool maybe_attached;      /* the attacher ran: detach on the way out */
 	int nsfd;                 /* the caller's mount namespace, pinned */
 	pid_t server_pid;
 	int server_pidfd;
@@ -205,6 +205,7 @@ static struct {
 
 static void state_write(void);
 static void teardown_before_ready(void);
+static siginfo_t reap(int *pidfd);
 
 /* ---------------------------------------------------------------------------------------- */
 /* Small utilities                                                                           */
@@ -288,17 +289,18 @@ static pid_t clone_pidfd(uint64_t flags, int *pidfd)
 	return (pid_t)syscall(SYS_clone3, &args, sizeof args);
 }
 
-/* Mark every fd >= 3 close-on-exec except those in keep[] (sorted ascending, all >= 3). */
-static int cloexec_all_except(const int *keep, size_t n)
+/* Close (flags 0) or mark close-on-exec (CLOSE_RANGE_CLOEXEC) every fd >= 3 except those
+ * in keep[] (sorted ascending, all >= 3). */
+static int close_fds_except(const int *keep, size_t n, unsigned flags)
 {
 	unsigned lo = 3;
 	for (size_t i = 0; i < n; i++) {
 		if ((unsigned)keep[i] > lo &&
-		    close_range(lo, (unsigned)keep[i] - 1, CLOSE_RANGE_CLOEXEC) < 0)
+		    close_range(lo, (unsigned)keep[i] - 1, flags) < 0)
 			return -1;
 		lo = (unsigned)keep[i] + 1;
 	}
-	return close_range(lo, ~0U, CLOSE_RANGE_CLOEXEC);
+	return close_range(lo, ~0U, flags);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -771,6 +773,14 @@ static void spec_check(void)
 		spec_error("listen_env puts the connection at fd 3; fuse_fd must differ");
 	if ((S.nrules || S.narches) && !S.have_seccomp)
 		spec_error("seccomp_rule/seccomp_arch without seccomp_default");
+	if (S.listen_env) {
+		/* sd_listen_fds(3): one fd at 3; the server is pid 1 of its pid namespace */
+		static char *const listen[] = {"LISTEN_FDS=1", "LISTEN_PID=1", "LISTEN_FDNAMES=connection"};
+		for (size_t i = 0; i < 3; i++) {
+			APPEND(S.env, S.nenv, listen[i]);
+			S.env[S.nenv] = NULL;
+		}
+	}
 }
 
 static void spec_read(int fd)
@@ -994,7 +1004,7 @@ static void pin_caller_mntns(void)
 }
 
 /* ---------------------------------------------------------------------------------------- */
-/* The FUSE mount (detached until the checker attaches it)                                   */
+/* The FUSE mount (detached until the attacher attaches it)                                   */
 
 /* The kernel explains a failed fsconfig in the fs context's log; fetch the last line. */
 static const char *fs_context_log(int fsfd)
@@ -1417,12 +1427,12 @@ static void arrange_fds(struct child_fds *c)
 		place_fd(fuse, S.fuse_fd);
 		keep[nkeep++] = S.fuse_fd;
 	}
-	if (nkeep == 2 && keep[0] > keep[1]) {  /* cloexec_all_except wants them sorted */
+	if (nkeep == 2 && keep[0] > keep[1]) {  /* close_fds_except wants them sorted */
 		int t = keep[0];
 		keep[0] = keep[1];
 		keep[1] = t;
 	}
-	if (cloexec_all_except(keep, nkeep) < 0)
+	if (close_fds_except(keep, nkeep, CLOSE_RANGE_CLOEXEC) < 0)
 		die_errno("ESANDBOX", "close_range(CLOSE_RANGE_CLOEXEC)");
 }
 
@@ -1493,7 +1503,7 @@ static noreturn void sandbox_child(struct child_fds *c)
 	if (prctl(PR_SET_DUMPABLE, 0) < 0)
 		die_errno("ESANDBOX", "prctl(PR_SET_DUMPABLE)");
 
-	/* Wait until the parent wrote uid_map/gid_map (EOF: the parent failed; just go). */
+	/* Wait until the parent wrote uid_map/gid_map (EOF: the parent failed; just exit). */
 	if (read(c->release_rd, &byte, 1) != 1)
 		_exit(127);
 	close(c->release_rd);
@@ -1507,8 +1517,11 @@ static noreturn void sandbox_child(struct child_fds *c)
 		die_errno("ESANDBOX", "setresgid(%u)", (unsigned)S.gid);
 	if (setresuid(S.uid, S.uid, S.uid) < 0)
 		die_errno("ESANDBOX", "setresuid(%u)", (unsigned)S.uid);
-	if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)  /* a credential change cleared it */
+	/* A credential change cleared the death signal and reset dumpable to suid_dumpable. */
+	if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
 		die_errno("ESANDBOX", "prctl(PR_SET_PDEATHSIG)");
+	if (prctl(PR_SET_DUMPABLE, 0) < 0)
+		die_errno("ESANDBOX", "prctl(PR_SET_DUMPABLE)");
 	/* The parent moved us into the instance cgroup; that becomes our cgroup ns root. */
 	if (unshare(CLONE_NEWCGROUP) < 0)
 		die_errno("ESANDBOX", "unshare(CLONE_NEWCGROUP)");
@@ -1554,6 +1567,42 @@ static void write_proc_file(int procdir, const char *name, const char *text)
 	close(fd);
 }
 
+/*
+ * Lowering oom_score_adj needs CAP_SYS_RESOURCE, which a container may not have (this
+ * machine's root lacks it). Like systemd ("assuming containerized execution"), log and go on.
+ */
+static void set_oom_score_adj(int procdir)
+{
+	char text[16];
+	int fd = openat(procdir, "oom_score_adj", O_WRONLY | O_CLOEXEC);
+	snprintf(text, sizeof text, "%d", S.oom_score_adj);
+	if (fd < 0)
+		die_errno("ESANDBOX", "open(/proc/PID/oom_score_adj)");
+	if (write(fd, text, strlen(text)) != (ssize_t)strlen(text)) {
+		if (errno != EACCES && errno != EPERM)
+			die_errno("ESANDBOX", "write(/proc/PID/oom_score_adj)");
+		logmsg("oom_score_adj %d not set (%s), ignoring", S.oom_score_adj, strerror(errno));
+	}
+	close(fd);
+}
+
+/* Same for raising a hard rlimit without CAP_SYS_RESOURCE: clamp to what we have, log. */
+static void set_rlimit(pid_t pid, const struct rlimit_entry *e)
+{
+	struct rlimit have, want = e->limit;
+	if (prlimit(pid, e->resource, &want, NULL) == 0)
+		return;
+	if (errno != EPERM || prlimit(pid, e->resource, NULL, &have) < 0)
+		die_errno("ESANDBOX", "prlimit(%d)", e->resource);
+	if (want.rlim_max > have.rlim_max)
+		want.rlim_max = have.rlim_max;
+	if (want.rlim_cur > want.rlim_max)
+		want.rlim_cur = want.rlim_max;
+	if (prlimit(pid, e->resource, &want, NULL) < 0)
+		die_errno("ESANDBOX", "prlimit(%d)", e->resource);
+	logmsg("rlimit %d: hard limit clamped to the launcher's own", e->resource);
+}
+
 /* What a privileged parent must do for the child before it may go on. */
 static void configure_child(pid_t pid)
 {
@@ -1575,14 +1624,11 @@ static void configure_child(pid_t pid)
 	write_proc_file(procdir, "gid_map", text);
 	/* Lowering oom_score_adj and raising hard rlimits need privileges in the initial
 	 * user namespace, which the child no longer has: done from here. */
-	if (S.have_oom) {
-		snprintf(text, sizeof text, "%d", S.oom_score_adj);
-		write_proc_file(procdir, "oom_score_adj", text);
-	}
+	if (S.have_oom)
+		set_oom_score_adj(procdir);
 	close(procdir);
 	for (size_t i = 0; i < S.nrlimits; i++)
-		if (prlimit(pid, S.rlimits[i].resource, &S.rlimits[i].limit, NULL) < 0)
-			die_errno("ESANDBOX", "prlimit(%d)", S.rlimits[i].resource);
+		set_rlimit(pid, &S.rlimits[i]);
 	if (S.cgroup) {
 		int fd = open(S.cgroup, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 		if (fd < 0)
@@ -1700,9 +1746,9 @@ static void start_sandbox(void)
 }
 
 /* ---------------------------------------------------------------------------------------- */
-/* Helpers: the checker (ready + attach) and the detacher                                    */
+/* Helpers: checker (ready), attacher, detacher                                               */
 
-enum check_stage { CHECK_OK, CHECK_STATFS, CHECK_STATX, CHECK_SETNS, CHECK_MOVE_MOUNT };
+enum check_stage { CHECK_OK, CHECK_STATFS, CHECK_STATX, CHECK_CREDS, CHECK_SETNS, CHECK_MOVE_MOUNT };
 struct check_result {
 	int stage;
 	int err;
@@ -1711,36 +1757,33 @@ struct check_result {
 
 /*
  * The checker blocks in fstatfs() until the server answered FUSE_INIT and STATFS (or fails
- * ENOTCONN when it died), so it runs in its own process while the launcher keeps serving
- * the server's seccomp notifications. Then it enters the caller's mount namespace and
- * attaches the mount on the caller's target fd; no path is resolved there.
+ * ENOTCONN when the server died), so it runs in its own process while the launcher keeps
+ * serving the server's seccomp notifications. It runs as the mount's owner: without
+ * allow_other FUSE answers anybody else's statfs itself, without asking the server, which
+ * would prove nothing. Before it changes uid it keeps only the mount fd and its pipe, and
+ * it stays non-dumpable, so the owner cannot take anything from it.
  */
 static noreturn void checker_child(int wr)
 {
 	struct check_result r = {0};
 	struct statfs sf;
 	struct statx stx;
+	int keep[2] = {G.mntfd < wr ? G.mntfd : wr, G.mntfd < wr ? wr : G.mntfd};
 
 	G.role = ROLE_HELPER;
-	close_fd(&G.lockfd);
-	if (fstatfs(G.mntfd, &sf) < 0) {
+	if (close_fds_except(keep, 2, 0) < 0 ||
+	    setresgid(S.owner_gid, S.owner_gid, S.owner_gid) < 0 ||
+	    setresuid(S.owner_uid, S.owner_uid, S.owner_uid) < 0 ||
+	    prctl(PR_SET_DUMPABLE, 0) < 0 || prctl(PR_SET_PDEATHSIG, SIGKILL) < 0) {
+		r.stage = CHECK_CREDS, r.err = errno;
+	} else if (fstatfs(G.mntfd, &sf) < 0) {
 		r.stage = CHECK_STATFS, r.err = errno;
-		goto out;
-	}
-	/* the unique mount id, for the broker's records (0 if the kernel has none) */
-	if (statx(G.mntfd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_MNT_ID_UNIQUE, &stx) < 0) {
+	} else if (statx(G.mntfd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_MNT_ID_UNIQUE, &stx) < 0) {
 		r.stage = CHECK_STATX, r.err = errno;
-		goto out;
+	} else {
+		/* the unique mount id, for the broker's records (0 if the kernel has none) */
+		r.mnt_id = (stx.stx_mask & STATX_MNT_ID_UNIQUE) ? stx.stx_mnt_id : 0;
 	}
-	r.mnt_id = (stx.stx_mask & STATX_MNT_ID_UNIQUE) ? stx.stx_mnt_id : 0;
-	if (setns(G.nsfd, CLONE_NEWNS) < 0) {
-		r.stage = CHECK_SETNS, r.err = errno;
-		goto out;
-	}
-	if (move_mount(G.mntfd, "", S.fd_target, "",
-		       MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0)
-		r.stage = CHECK_MOVE_MOUNT, r.err = errno;
-out:
 	if (write(wr, &r, sizeof r) != sizeof r)
 		_exit(1);
 	_exit(0);
@@ -1760,8 +1803,76 @@ static void start_checker(void)
 	}
 	close(p[1]);
 	G.checker_rd = p[0];
-	G.maybe_attached = true;
 	G.ready_deadline = now_ms() + S.ready_timeout_ms;
+}
+
+/*
+ * Attach the mount on the caller's target, in the caller's mount namespace. A forked
+ * helper does it because setns() would change the launcher's own namespace; it resolves
+ * no path there (both ends are fds). Returns 0 or an errno; *what names the failed call.
+ */
+/* The reusable mount id of our mount fd, as /proc/self/fdinfo shows it. The broker matches an
+ * unmount request's descriptor by the same field, since it may not stat inside a FUSE mount
+ * that only its owner can reach. 0 if unreadable. */
+static unsigned long long fdinfo_mnt_id(int fd)
+{
+	char path[64], buf[512];
+	unsigned long long id = 0;
+	snprintf(path, sizeof path, "/proc/self/fdinfo/%d", fd);
+	int f = open(path, O_RDONLY | O_CLOEXEC);
+	if (f < 0)
+		return 0;
+	ssize_t n = read(f, buf, sizeof buf - 1);
+	close(f);
+	if (n <= 0)
+		return 0;
+	buf[n] = 0;
+	char *p = strstr(buf, "mnt_id:");
+	if (p)
+		id = strtoull(p + 7, NULL, 10);
+	return id;
+}
+
+static int run_attacher(const char **what)
+{
+	struct check_result r = {.stage = -1};
+	int p[2], pidfd;
+	pid_t pid;
+
+	*what = "attach helper";
+	if (pipe2(p, O_CLOEXEC) < 0)
+		return errno;
+	pid = clone_pidfd(0, &pidfd);
+	if (pid < 0)
+		return errno;
+	if (pid == 0) {
+		G.role = ROLE_HELPER;
+		r.stage = CHECK_OK;
+		if (setns(G.nsfd, CLONE_NEWNS) < 0)
+			r.stage = CHECK_SETNS, r.err = errno;
+		else if (move_mount(G.mntfd, "", S.fd_target, "",
+				    MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0)
+			r.stage = CHECK_MOVE_MOUNT, r.err = errno;
+		_exit(write(p[1], &r, sizeof r) == sizeof r ? 0 : 1);
+	}
+	G.maybe_attached = true;
+	close(p[1]);
+	if (read(p[0], &r, sizeof r) != sizeof r)
+		r.stage = -1;
+	close(p[0]);
+	reap(&pidfd);
+	switch (r.stage) {
+	case CHECK_OK:
+		return 0;
+	case CHECK_SETNS:
+		*what = "setns(caller mount namespace)";
+		return r.err;
+	case CHECK_MOVE_MOUNT:
+		*what = "move_mount(onto the caller's target)";
+		return r.err;
+	default:
+		return EINTR;
+	}
 }
 
 /* Wait for a child through its pidfd; returns its siginfo. */
@@ -1955,20 +2066,39 @@ static void tail_append(const char *buf, size_t n)
 	G.tail_len += n;
 }
 
-/* The server's last non-empty output line, for ESERVER_START. */
-static const char *tail_last_line(void)
+/*
+ * The server's last two non-empty output lines, joined by a space, for ESERVER_START:
+ * servers tend to print the cause, then advice ("Bad magic number..." / "Please run e2fsck").
+ */
+static const char *tail_last_lines(void)
 {
-	static char line[TAIL_MAX + 1];
-	size_t end = G.tail_len, start;
-	while (end > 0 && (G.tail[end - 1] == '\n' || G.tail[end - 1] == '\r' || G.tail[end - 1] == ' '))
-		end--;
-	start = end;
-	while (start > 0 && G.tail[start - 1] != '\n')
-		start--;
-	memcpy(line, G.tail + start, end - start);
-	line[end - start] = '\0';
-	sanitize_line(line);
-	return line;
+	static char out[TAIL_MAX + 2];
+	size_t end = G.tail_len, start = end;
+	int lines = 0;
+	while (lines < 2) {
+		while (end > 0 && isspace((unsigned char)G.tail[end - 1]))
+			end--;
+		if (end == 0)
+			break;
+		start = end;
+		while (start > 0 && G.tail[start - 1] != '\n')
+			start--;
+		lines++;
+		if (lines < 2)
+			end = start;
+	}
+	if (lines == 0)
+		return "";
+	/* from the start of the earliest line kept to the end of the output */
+	size_t from = start, to = G.tail_len;
+	while (to > from && isspace((unsigned char)G.tail[to - 1]))
+		to--;
+	memcpy(out, G.tail + from, to - from);
+	out[to - from] = '\0';
+	sanitize_line(out);
+	if (strlen(out) > 400)
+		memmove(out, out + strlen(out) - 400, 401);
+	return out;
 }
 
 /* Copy server output into the instance log (fd 2), at most LOG_CAP bytes in all. */
@@ -1990,8 +2120,11 @@ static void pump_log(void)
 		if (take && write_all(STDERR_FILENO, buf, take))
 			G.log_written += take;
 		if (take < (size_t)n) {
-			if (!G.log_dropped)
+			if (!G.log_dropped) {
+				if (take && buf[take - 1] != '\n')
+					write_all(STDERR_FILENO, "\n", 1);
 				logmsg("server output exceeds %d bytes; dropping the rest", LOG_CAP);
+			}
 			G.log_dropped += (size_t)n - take;
 		}
 	}
@@ -2040,7 +2173,7 @@ static void on_server_exit(void)
 		const char *last;
 		if (G.log_fd >= 0)
 			pump_log();
-		last = tail_last_line();
+		last = tail_last_lines();
 		if (*last)
 			fail("ESERVER_START", "%s", last);
 		fail("ESERVER_START", "%s before it was ready", what);
@@ -2053,9 +2186,9 @@ static void on_server_exit(void)
 		finish(EXIT_ENDED);
 	case PHASE_STOPPING:
 		if (G.exit_code == 0)
-			snprintf(G.reason, sizeof G.reason, "unmounted");
+			snprintf(G.reason, sizeof G.reason, "%s", S.mount_fuse ? "unmounted" : "stopped");
 		else
-			snprintf(G.reason, sizeof G.reason, "unmounted; %s", what);
+			snprintf(G.reason, sizeof G.reason, "%s; %s", S.mount_fuse ? "unmounted" : "stopped", what);
 		finish(G.exit_code == 0 ? EXIT_STOPPED : EXIT_ENDED);
 	case PHASE_EXITED:
 		break;
@@ -2065,7 +2198,9 @@ static void on_server_exit(void)
 static void on_checker_done(void)
 {
 	struct check_result r = {.stage = -1};
+	const char *what;
 	siginfo_t si;
+	int err;
 
 	if (read(G.checker_rd, &r, sizeof r) != sizeof r)
 		r.stage = -1;
@@ -2086,25 +2221,28 @@ static void on_checker_done(void)
 		die_errno("ESERVER_START", "statfs on the new mount");
 	case CHECK_STATX:
 		errno = r.err;
-		die_errno("EMOUNT", "statx(mount)");
-	case CHECK_SETNS:
+		die_errno("EMOUNT", "statx(new mount)");
+	case CHECK_CREDS:
 		errno = r.err;
-		die_errno("EATTACH", "setns(caller mount namespace)");
-	case CHECK_MOVE_MOUNT:
-		errno = r.err;
-		die_errno("EATTACH", "move_mount(caller target)");
+		die_errno("EINTERNAL", "ready checker: becoming the mount owner");
 	default:
 		fail("EINTERNAL", "ready checker died (status %d)", si.si_status);
 	}
-
-	G.mnt_id = r.mnt_id;
 	G.ready_deadline = 0;
+	G.mnt_id = r.mnt_id;
+
+	err = run_attacher(&what);
+	if (err) {
+		errno = err;
+		die_errno("EATTACH", "%s", what);
+	}
 	/* The caller's fds did their job; the pinned namespace stays for the detach. */
 	close_fd(&S.fd_target);
 	close_fd(&S.fd_caller_pidfd);
 	set_phase(PHASE_RUNNING);
-	readiness("ready\t%d\t%llu", (int)G.server_pid, (unsigned long long)G.mnt_id);
-	logmsg("ready: server pid %d, mount id %llu", (int)G.server_pid, (unsigned long long)G.mnt_id);
+	unsigned long long old_id = fdinfo_mnt_id(G.mntfd);
+	readiness("ready\t%d\t%llu\t%llu", (int)G.server_pid, (unsigned long long)G.mnt_id, old_id);
+	logmsg("ready: server pid %d, mount id %llu (%llu)", (int)G.server_pid, (unsigned long long)G.mnt_id, old_id);
 }
 
 /* SIGTERM/SIGINT/SIGHUP: unmount, then let the server finish (docs/launcher.md). */
