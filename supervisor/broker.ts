@@ -1,6 +1,6 @@
 // The broker: accept loop, one request per connection, policy, and the live instance table.
 // Data flow for a mount: accept -> recv -> decode -> peer -> policy -> launcher -> reply.
-import { chmodSync, chownSync, existsSync, lstatSync, readFileSync, unlinkSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, lstatSync, readFileSync, readlinkSync, unlinkSync } from 'node:fs';
 import path from 'node:path';
 import * as sock from '../helper/native/socket.js';
 import type { Config } from './config.js';
@@ -212,6 +212,7 @@ export class Broker {
       const id = this.nextId++;
       const rec: InstanceRecord = {
         id,
+        target_path: readlinkSync(`/proc/self/fd/${targetFd}`),
         owner_uid: caller.uid,
         owner_gid: caller.gid,
         fstype: req.fstype,
@@ -248,6 +249,7 @@ export class Broker {
       const r = await ready;
       if (r.ok) {
         rec.mnt_id = r.mntId;
+        rec.mnt_id_old = r.mntIdOld;
         this.dir.writeRecord(rec);
         inst.status = { state: 'running', server_pid: r.serverPid };
         log.info(`instance ${id}: mounted ${rec.fstype} ${rec.source} on ${rec.target} (${rec.options}) for uid ${caller.uid}; sandbox uid ${uid}, server pid ${r.serverPid}`);
@@ -311,19 +313,32 @@ export class Broker {
       inst = this.instances.get(req.id);
       if (!inst || inst.status.state === 'exited') throw new RequestError('ENOENT_MOUNT', `no live broker mount with id ${req.id}`);
     } else {
-      const fd = fds[req.fds.indexOf('target')];
-      const info = sock.fdInfo(fd);
-      if (info.type === 'lnk') throw new RequestError('EBADFD_TARGET', 'the target is a symbolic link; symlinks are never followed');
-      const m = sock.statxMount(fd);
-      if (!m.isMountRoot) throw new RequestError('ENOENT_MOUNT', 'the target is not the root of a mount');
-      const id = String(m.mntIdUnique);
-      inst = [...this.instances.values()].find((i) => i.status.state !== 'exited' && i.rec.mnt_id === id);
-      if (!inst) throw new RequestError('ENOENT_MOUNT', 'the target is not a mount made by this broker');
+      inst = this.instanceAt(fds[req.fds.indexOf('target')]);
     }
     if (caller.uid !== 0 && caller.uid !== inst.rec.owner_uid) throw new RequestError('EPERM_MOUNT', `mount ${inst.rec.id} belongs to uid ${inst.rec.owner_uid}`);
     const st = await this.stopInstance(inst, req.timeoutMs ?? 10000);
     log.info(`instance ${inst.rec.id}: unmounted ${inst.rec.target} for uid ${caller.uid}`);
     return { ok: true, id: inst.rec.id, exit_code: st.exit_code ?? null, exit_signal: st.exit_signal ?? null };
+  }
+
+  /**
+   * The live instance whose mount root `fd` is. Neither fstat nor statx may be used: FUSE
+   * refuses every uid but the caller's (no allow_other), root included. The kernel's fdinfo
+   * names the fd's mount, and the fd's path (as the kernel prints it) must be the mount point
+   * recorded at mount time, so a subdirectory or a symlink inside the mount does not match.
+   */
+  private instanceAt(fd: number): Instance {
+    const mntId = /^mnt_id:\s*(\d+)$/m.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'))?.[1];
+    let where: string;
+    try {
+      where = readlinkSync(`/proc/self/fd/${fd}`);
+    } catch {
+      where = '';
+    }
+    const inst = [...this.instances.values()].find((i) => i.status.state !== 'exited' && i.rec.mnt_id_old === mntId);
+    if (!inst) throw new RequestError('ENOENT_MOUNT', 'the target is not a mount made by this broker');
+    if (inst.rec.target_path !== where) throw new RequestError('ENOENT_MOUNT', `the target is not the root of broker mount ${inst.rec.id} (use --id ${inst.rec.id})`);
+    return inst;
   }
 
   /** Asks the launcher to detach and end the server, and waits until it has. */

@@ -23,7 +23,11 @@ export type InstanceRecord = {
   launcher_pid?: number;
   /** /proc/PID/stat field 22: with the pidfd, proves a pid is still the launcher we started. */
   launcher_start?: string;
+  /** Unique mount id (statx STATX_MNT_ID_UNIQUE) and the reusable one that fdinfo shows. */
   mnt_id?: string;
+  mnt_id_old?: string;
+  /** The target as the kernel prints the caller's descriptor, at mount time. */
+  target_path?: string;
 };
 
 export type InstanceState = {
@@ -143,7 +147,7 @@ export function openLauncherPidfd(rec: InstanceRecord): number | undefined {
   return pidfd;
 }
 
-export type LaunchResult = { ok: true; serverPid: number; mntId: string } | { ok: false; code: string; message: string };
+export type LaunchResult = { ok: true; serverPid: number; mntId: string; mntIdOld: string } | { ok: false; code: string; message: string };
 
 export type LaunchArgs = {
   launcher: string;
@@ -199,8 +203,8 @@ export function spawnLauncher(a: LaunchArgs): { pid: number; ready: Promise<Laun
         if (buf.length > 4096) finish({ ok: false, code: 'EINTERNAL', message: 'the launcher wrote an overlong readiness line' });
         return;
       }
-      const [kind, f1, f2] = buf.slice(0, nl).split('\t');
-      if (kind === 'ready') finish({ ok: true, serverPid: Number(f1), mntId: f2 ?? '0' });
+      const [kind, f1, f2, f3] = buf.slice(0, nl).split('\t');
+      if (kind === 'ready') finish({ ok: true, serverPid: Number(f1), mntId: f2 ?? '0', mntIdOld: f3 ?? '0' });
       else if (kind === 'error') finish({ ok: false, code: isErrorCode(f1) ? f1 : 'EINTERNAL', message: oneLine(f2 ?? 'launcher failed') });
       else finish({ ok: false, code: 'EINTERNAL', message: `the launcher wrote "${oneLine(buf.slice(0, nl), 80)}"` });
     });

@@ -55,7 +55,14 @@ export function checkSource(fd: number, readOnly: boolean): SourceCheck {
 
 /** fusermount's mount point checks, on the pinned descriptor. */
 export function checkTarget(fd: number, caller: Caller): void {
-  const info = sock.fdInfo(fd);
+  let info: ReturnType<typeof sock.fdInfo>;
+  try {
+    info = sock.fdInfo(fd);
+  } catch (e) {
+    // A FUSE mount without allow_other answers nobody but its owner, the broker included.
+    if ((e as { code?: string }).code === 'EACCES') throw new RequestError('EPERM_TARGET', 'the broker may not inspect the target (inside a FUSE mount without allow_other?)');
+    throw e;
+  }
   if (info.type === 'lnk') throw new RequestError('EBADFD_TARGET', 'the target is a symbolic link; symlinks are never followed');
   if (info.type !== 'dir') throw new RequestError('EBADFD_TARGET', `the target is a ${describeType(info.type)}, not a directory`);
   if (caller.uid === 0) return;

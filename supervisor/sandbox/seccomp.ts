@@ -828,6 +828,7 @@ export function systemCallFilterToProfile(opts: FilterToProfileOptions): OciProf
   };
 
   const filterLabel = 'SystemCallFilter=';
+  const allowedComment = `allowed by SystemCallFilter= ${opts.filter.map((l) => JSON.stringify(l)).join(', ')} (systemd 252 semantics and groups)`;
   const names = new Set<string>([...parsed.entries.keys(), ...cands.keys()]);
   for (const name of [...names].sort()) {
     const fo = filterOutcome(name);
@@ -872,7 +873,7 @@ export function systemCallFilterToProfile(opts: FilterToProfileOptions): OciProf
       const labels = [...o.labels].filter((l) => l !== filterLabel);
       let comment: string;
       if (!conditional) {
-        comment = labels.length ? labels.join(', ') : o.outcome.action === 'SCMP_ACT_ALLOW' ? 'SystemCallFilter= allows' : 'SystemCallFilter= refuses';
+        comment = labels.length ? labels.join(', ') : o.outcome.action === 'SCMP_ACT_ALLOW' ? allowedComment : 'SystemCallFilter= refuses';
       } else if (o.outcome.action === 'SCMP_ACT_ALLOW') {
         comment = `allowed by SystemCallFilter= except where ${[...new Set(directiveLabels)].join(', ')} refuses`;
       } else {
@@ -893,12 +894,13 @@ export function systemCallFilterToProfile(opts: FilterToProfileOptions): OciProf
   }
 
   const entries = [...emitted.values()].map(({ e, names: n }) => ({ e, names: [...n].sort() }));
+  const strcmp = (x: string, y: string): number => (x < y ? -1 : x > y ? 1 : 0);
   entries.sort((a, b) =>
-    a.e.sortKey.localeCompare(b.e.sortKey) ||
-    a.e.comment.localeCompare(b.e.comment) ||
-    a.names[0].localeCompare(b.names[0]) ||
+    strcmp(a.e.sortKey, b.e.sortKey) ||
     precedence(b.e.outcome.action) - precedence(a.e.outcome.action) ||
-    JSON.stringify(a.e.args).localeCompare(JSON.stringify(b.e.args)));
+    strcmp(a.e.comment, b.e.comment) ||
+    strcmp(a.names[0], b.names[0]) ||
+    strcmp(JSON.stringify(a.e.args), JSON.stringify(b.e.args)));
 
   const profile: OciProfile = { defaultAction: defaultOutcome.action };
   if (defaultOutcome.errnoRet !== undefined) profile.defaultErrnoRet = defaultOutcome.errnoRet;
