@@ -1,6 +1,6 @@
 // A small client library for the broker: one connection per request, descriptors by SCM_RIGHTS.
 // Used by the CLI (helper/request.ts), the tests and the benchmark.
-import { closeSync, openSync } from 'node:fs';
+import { closeSync, lstatSync, openSync } from 'node:fs';
 import * as sock from './native/socket.js';
 import { decodeReply, encodeRequest, RequestError } from '../supervisor/protocol.js';
 
@@ -118,7 +118,15 @@ function openFd(p: string, flags: number, role: string): number {
     return openSync(p, flags | sock.O_CLOEXEC);
   } catch (e) {
     const err = e as NodeJS.ErrnoException;
-    const why = err.code === 'ELOOP' && role === 'target' ? 'it is a symbolic link (never followed)' : err.code === 'ENOTDIR' ? 'not a directory' : err.code ?? err.message;
+    // O_NOFOLLOW|O_DIRECTORY on a symlink fails ELOOP or ENOTDIR: say which it really is.
+    const isLink = (() => {
+      try {
+        return lstatSync(p).isSymbolicLink();
+      } catch {
+        return false;
+      }
+    })();
+    const why = isLink && role === 'target' ? 'it is a symbolic link (never followed)' : err.code === 'ENOTDIR' ? 'not a directory' : err.code ?? err.message;
     throw new ClientError(`cannot open ${role} ${p}: ${why}`);
   }
 }

@@ -117,26 +117,26 @@ export function decodeRequest(packet: Packet): Request {
   for (const k of Object.keys(o)) {
     if (!FIELDS[op].includes(k)) throw new RequestError('EPROTO_FIELD', `unknown field "${oneLine(k, 40)}" for ${op}`);
   }
-  const fds = decodeRoles(o.fds, op, packet.fds.length);
+  // Fields first, then descriptors: a malformed body is reported as such whatever came with it.
   switch (op) {
-    case 'mount':
-      return {
-        op,
-        fstype: str(o, 'fstype', 64, true)!,
-        options: str(o, 'options', 1024, false) ?? 'rw',
-        fds,
-        sourceName: str(o, 'source_name', MAX_NAME_BYTES, false),
-        targetName: str(o, 'target_name', MAX_NAME_BYTES, false),
-      };
+    case 'mount': {
+      const fstype = str(o, 'fstype', 64, true)!;
+      const options = str(o, 'options', 1024, false) ?? 'rw';
+      const sourceName = str(o, 'source_name', MAX_NAME_BYTES, false);
+      const targetName = str(o, 'target_name', MAX_NAME_BYTES, false);
+      return { op, fstype, options, fds: decodeRoles(o.fds, op, packet.fds.length), sourceName, targetName };
+    }
     case 'unmount': {
       const id = int(o, 'id', 1, 2 ** 31 - 1);
       const timeoutMs = int(o, 'timeout_ms', 0, 600_000);
+      const fds = decodeRoles(o.fds, op, packet.fds.length);
       if ((id === undefined) === (fds.length === 0)) {
         throw new RequestError('EPROTO_FIELD', 'unmount takes either a "target" descriptor or an "id", exactly one');
       }
       return { op, fds, id, timeoutMs };
     }
     case 'list':
+      decodeRoles(o.fds, op, packet.fds.length);
       return { op, fds: [] };
   }
 }

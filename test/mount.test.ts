@@ -6,7 +6,7 @@ import { mkdirSync, readFileSync, readdirSync, readlinkSync, rmSync, writeFileSy
 import path from 'node:path';
 import { execa } from 'execa';
 import { DEFAULTS } from '../supervisor/config.js';
-import { clientArgs, makeDir, makeImage, newCaller, procStatus, processes, startBroker, tmpdir, waitFor, type Broker, type Caller } from './lib/harness.js';
+import { clientArgs, instanceProcesses, makeDir, makeImage, newCaller, procStatus, startBroker, tmpdir, waitFor, type Broker, type Caller } from './lib/harness.js';
 
 const s = suite('brokered mount, end to end');
 let broker: Broker;
@@ -114,7 +114,7 @@ s('the running server is sandboxed: dynamic uid, no capabilities, NNP, seccomp, 
     const u = await caller.run(clientArgs(broker.socket, 'unmount', mnt));
     assert.is(u.exitCode, 0, u.stderr);
   }
-  assert.equal(processes(['fuse2fs']), []);
+  await waitFor('the server to be gone', () => instanceProcesses(broker.runtimeDir).length === 0, 5000);
 });
 
 s('ext2 and ext3 images mount too', async () => {
@@ -165,12 +165,11 @@ s('a server that cannot start (not an ext4 image) is reported with its stderr an
   writeFileSync(bad, Buffer.alloc(4 << 20));
   chownSync(bad, 1000, 1000);
   const mnt = makeDir(path.join(dir, 'mnt-bad'));
-  const before = processes();
   const r = await caller.run(clientArgs(broker.socket, 'mount', bad, mnt));
   assert.is(r.exitCode, 2);
   assert.match(r.stderr, /ESERVER_START: .*(superblock|Bad magic|bad magic|ext2)/i);
   assert.equal(caller.fuseMounts(), []);
-  await waitFor('no leftover processes', () => processes().length === before.length, 5000);
+  await waitFor('no leftover processes', () => instanceProcesses(broker.runtimeDir).length === 0, 5000);
   // The broker keeps serving.
   const l = await caller.run(clientArgs(broker.socket, 'list'));
   assert.is(l.exitCode, 0, l.stderr);

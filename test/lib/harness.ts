@@ -181,6 +181,31 @@ export function processes(names = ['fuse2fs', 'fuse-svc-launch', 'sandbox-probe'
   return out;
 }
 
+/**
+ * The launchers serving runtimeDir (their fd 2 is an instance log there) and their servers:
+ * what a test must not leave behind, told apart from other tests' instances.
+ */
+export function instanceProcesses(runtimeDir: string): { pid: number; comm: string }[] {
+  const launchers = new Set<number>();
+  const all = processes();
+  for (const p of all) {
+    try {
+      if (p.comm.startsWith('fuse-svc-launch') && readlinkSync(`/proc/${p.pid}/fd/2`).startsWith(runtimeDir + '/')) launchers.add(p.pid);
+    } catch {
+      /* gone */
+    }
+  }
+  return all.filter((p) => {
+    if (launchers.has(p.pid)) return true;
+    try {
+      const ppid = Number(/^PPid:\s*(\d+)/m.exec(readFileSync(`/proc/${p.pid}/status`, 'utf8'))?.[1]);
+      return launchers.has(ppid);
+    } catch {
+      return false;
+    }
+  });
+}
+
 export function procStatus(pid: number): Record<string, string> {
   const out: Record<string, string> = {};
   for (const l of readFileSync(`/proc/${pid}/status`, 'utf8').split('\n')) {
