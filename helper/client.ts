@@ -36,8 +36,12 @@ export class BrokerClient {
     this.timeoutMs = o.timeoutMs ?? 60000;
   }
 
-  /** Sends one request with descriptors and resolves with the broker's reply (or throws RequestError). */
-  async request(body: Record<string, unknown>, fds: number[] = []): Promise<Record<string, unknown>> {
+  /**
+   * Sends one request with descriptors and resolves with the broker's reply (or throws
+   * RequestError). With closeAfterSend, the descriptors are closed as soon as they are in
+   * flight (an unmount's descriptor must not pin the mount while the broker detaches it).
+   */
+  async request(body: Record<string, unknown>, fds: number[] = [], o: { closeAfterSend?: boolean } = {}): Promise<Record<string, unknown>> {
     let fd: number;
     try {
       fd = sock.connectSeqpacket(this.socket);
@@ -48,6 +52,7 @@ export class BrokerClient {
     }
     try {
       sock.send(fd, encodeRequest(body), fds);
+      if (o.closeAfterSend) for (const f of fds.splice(0)) closeSync(f);
       const packet = await this.receive(fd);
       for (const extra of packet.fds) sock.close(extra);
       if (packet.eof || packet.data.length === 0) throw new ClientError('the broker closed the connection without a reply');
@@ -99,11 +104,11 @@ export class BrokerClient {
   async unmount(target: string | { id: number }, o: { timeoutMs?: number } = {}): Promise<{ id: number; exit_code: number | null; exit_signal: number | null }> {
     const extra = o.timeoutMs === undefined ? {} : { timeout_ms: o.timeoutMs };
     if (typeof target !== 'string') return (await this.request({ op: 'unmount', id: target.id, ...extra })) as never;
-    const fd = openFd(target, sock.O_PATH | sock.O_NOFOLLOW, 'target');
+    const fds = [openFd(target, sock.O_PATH | sock.O_NOFOLLOW, 'target')];
     try {
-      return (await this.request({ op: 'unmount', fds: ['target'], ...extra }, [fd])) as never;
+      return (await this.request({ op: 'unmount', fds: ['target'], ...extra }, fds, { closeAfterSend: true })) as never;
     } finally {
-      closeSync(fd);
+      for (const fd of fds) closeSync(fd);
     }
   }
 

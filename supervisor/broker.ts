@@ -130,7 +130,7 @@ export class Broker {
       return;
     }
     void this.handle(c, packet).finally(() => {
-      for (const fd of packet!.fds) safeClose(fd);
+      for (const fd of packet!.fds) if (fd >= 0) safeClose(fd);
       this.finish(c);
     });
   }
@@ -313,7 +313,12 @@ export class Broker {
       inst = this.instances.get(req.id);
       if (!inst || inst.status.state === 'exited') throw new RequestError('ENOENT_MOUNT', `no live broker mount with id ${req.id}`);
     } else {
-      inst = this.instanceAt(fds[req.fds.indexOf('target')]);
+      const i = req.fds.indexOf('target');
+      inst = this.instanceAt(fds[i]);
+      // The descriptor pins the very mount we are about to detach: while anyone holds it, the
+      // superblock lives on and the server never sees the end of its connection.
+      safeClose(fds[i]);
+      fds[i] = -1;
     }
     if (caller.uid !== 0 && caller.uid !== inst.rec.owner_uid) throw new RequestError('EPERM_MOUNT', `mount ${inst.rec.id} belongs to uid ${inst.rec.owner_uid}`);
     const st = await this.stopInstance(inst, req.timeoutMs ?? 10000);

@@ -413,7 +413,7 @@ static int64_t now_ms(void)
 }
 
 /* Connects, sends body + fds, returns the reply's length in buf (0 on EOF). */
-static size_t exchange(const char *path, const struct json_buf *body, const int *fds, int nfds, double timeout_s,
+static size_t exchange(const char *path, const struct json_buf *body, int *fds, int nfds, double timeout_s,
                        char *buf, size_t buflen)
 {
     struct sockaddr_un sa;
@@ -472,6 +472,12 @@ static size_t exchange(const char *path, const struct json_buf *body, const int 
     }
     if ((size_t)w != body->len)
         die_local("cannot send the request to %s: short write", path);
+    /* The broker has its own copies now. Ours must go at once: an unmount's descriptor pins
+     * the mount, and the server cannot end while anyone holds it. */
+    for (int k = 0; k < nfds; k++) {
+        close(fds[k]);
+        fds[k] = -1;
+    }
 
     for (;;) {
         int64_t left = deadline - now_ms();
@@ -744,7 +750,8 @@ int main(int argc, char **argv)
     static char reply[MAX_REPLY_BYTES + 1];
     size_t n = exchange(sock, &body, fds, nfds, a.timeout_s, reply, sizeof reply - 1);
     for (int k = 0; k < nfds; k++)
-        close(fds[k]);
+        if (fds[k] >= 0)
+            close(fds[k]);
     json_buf_free(&body);
     if (n == 0)
         die_local("the broker closed the connection without a reply");
