@@ -606,43 +606,72 @@ function argToConstraint(a: OciArg): Constraint {
   }
 }
 
-/** Conjunction of two constraints on one argument; null = unsatisfiable. */
-function andConstraint(x: Constraint, y: Constraint): Constraint | null {
+type MaskC = Extract<Constraint, { kind: 'mask' }>;
+
+/** (arg & m.mask) == m.datum and arg != v, as a union of masked comparisons. */
+function maskAndNot(m: MaskC, v: bigint): MaskC[] {
+  if ((v & m.mask) !== m.datum) return [m]; // v is already excluded by the mask
+  // arg != v  <=>  some bit outside the mask differs from v's bit
+  const out: MaskC[] = [];
+  for (let b = 0n; b < 64n; b++) {
+    const bit = 1n << b;
+    if (!(m.mask & bit)) out.push({ kind: 'mask', mask: m.mask | bit, datum: m.datum | ((v & bit) ^ bit) });
+  }
+  return out;
+}
+
+/** Conjunction of two constraints on one argument, as a union (empty = unsatisfiable). */
+function andConstraint(x: Constraint, y: Constraint): Constraint[] {
   if (x.kind === 'mask' && y.kind === 'mask') {
-    if ((x.datum & ~x.mask) !== 0n || (y.datum & ~y.mask) !== 0n) return null;
+    if ((x.datum & ~x.mask) !== 0n || (y.datum & ~y.mask) !== 0n) return [];
     const common = x.mask & y.mask;
-    if ((x.datum & common) !== (y.datum & common)) return null;
-    return { kind: 'mask', mask: x.mask | y.mask, datum: x.datum | y.datum };
+    if ((x.datum & common) !== (y.datum & common)) return [];
+    return [{ kind: 'mask', mask: x.mask | y.mask, datum: x.datum | y.datum }];
   }
   if (x.kind === 'set' && y.kind === 'set') {
     const iv = ivIntersect(x.iv, y.iv);
-    return iv.length ? { kind: 'set', iv } : null;
+    return iv.length ? [{ kind: 'set', iv }] : [];
   }
-  const m = (x.kind === 'mask' ? x : y) as Extract<Constraint, { kind: 'mask' }>;
+  const m = (x.kind === 'mask' ? x : y) as MaskC;
   const s = (x.kind === 'set' ? x : y) as Extract<Constraint, { kind: 'set' }>;
-  if (ivSize(s.iv) > 64n) throw new Error('cannot combine a masked comparison with a large value range on one argument');
-  const vals: Interval[] = [];
-  for (const [a, b] of s.iv) for (let v = a; v <= b; v++) if ((v & m.mask) === m.datum) vals.push([v, v]);
-  return vals.length ? { kind: 'set', iv: normIv(vals) } : null;
+  if ((m.datum & ~m.mask) !== 0n) return [];
+  if (ivSize(s.iv) <= 64n) {
+    // a few values: keep those the mask lets through
+    const vals: Interval[] = [];
+    for (const [a, b] of s.iv) for (let v = a; v <= b; v++) if ((v & m.mask) === m.datum) vals.push([v, v]);
+    return vals.length ? [{ kind: 'set', iv: normIv(vals) }] : [];
+  }
+  const excluded = ivComplement(s.iv);
+  if (ivSize(excluded) <= 64n) {
+    // all but a few values: the mask, minus each excluded value
+    let parts: MaskC[] = [m];
+    for (const [a, b] of excluded) {
+      for (let v = a; v <= b; v++) {
+        parts = parts.flatMap((p) => maskAndNot(p, v));
+        if (parts.length > 1024) throw new Error('argument condition too complex for libseccomp rules');
+      }
+    }
+    return parts;
+  }
+  throw new Error('cannot combine a masked comparison with a large value range on one argument');
 }
 
-function andConj(x: Conj, y: Conj): Conj | null {
-  const out: Conj = new Map(x);
+function andConj(x: Conj, y: Conj): Conj[] {
+  let out: Conj[] = [new Map(x)];
   for (const [i, c] of y) {
-    const prev = out.get(i);
-    const merged = prev ? andConstraint(prev, c) : c;
-    if (!merged) return null;
-    out.set(i, merged);
+    out = out.flatMap((conj) => {
+      const prev = conj.get(i);
+      const merged = prev ? andConstraint(prev, c) : [c];
+      return merged.map((k) => new Map(conj).set(i, k));
+    });
+    if (!out.length) return [];
   }
   return out;
 }
 
 function andDnf(x: Dnf, y: Dnf): Dnf {
   const out: Dnf = [];
-  for (const a of x) for (const b of y) {
-    const c = andConj(a, b);
-    if (c) out.push(c);
-  }
+  for (const a of x) for (const b of y) out.push(...andConj(a, b));
   return simplify(out);
 }
 
@@ -690,8 +719,9 @@ function simplify(d: Dnf): Dnf {
   return out;
 }
 
+class UnrepresentableValue extends Error {}
 function toSafe(v: bigint): number {
-  if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new Error(`comparison value ${v} does not fit the profile's JSON numbers`);
+  if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new UnrepresentableValue(`comparison value ${v} does not fit the profile's JSON numbers`);
   return Number(v);
 }
 
@@ -726,12 +756,9 @@ function conjToArgs(c: Conj): OciArg[][] {
 
 /** The condition of an OCI rule as a DNF (duplicate argument indexes are ANDed here). */
 function ruleDnf(args: OciArg[] | undefined): Dnf {
-  let c: Conj | null = new Map();
-  for (const a of args ?? []) {
-    c = andConj(c, new Map([[a.index, argToConstraint(a)]]));
-    if (!c) return [];
-  }
-  return [c];
+  let d: Dnf = [new Map()];
+  for (const a of args ?? []) d = andDnf(d, [new Map([[a.index, argToConstraint(a)]])]);
+  return d;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -888,7 +915,18 @@ export function systemCallFilterToProfile(opts: FilterToProfileOptions): OciProf
         : o.outcome.action === 'SCMP_ACT_ALLOW' ? '0:000' : `1:${String(ownOrder).padStart(3, '0')}`;
       for (const args of o.verbatim) emit(name, { outcome: o.outcome, args, comment, sortKey });
       for (const conj of o.dnf) {
-        for (const args of conjToArgs(conj)) emit(name, { outcome: o.outcome, args, comment, sortKey });
+        let alts: OciArg[][];
+        try {
+          alts = conjToArgs(conj);
+        } catch (e) {
+          // A condition that needs values above 2^53 (JSON numbers here are exact only below):
+          // leaving an ALLOW part out only makes those calls take the default action (stricter,
+          // and only for argument values no libc passes, e.g. setns() nstype bits 53-63 when
+          // RestrictNamespaces= keeps some kinds). Anything else would loosen the policy: refuse.
+          if (e instanceof UnrepresentableValue && o.outcome.action === 'SCMP_ACT_ALLOW' && parsed.allowList) continue;
+          throw e;
+        }
+        for (const args of alts) emit(name, { outcome: o.outcome, args, comment, sortKey });
       }
     }
   }

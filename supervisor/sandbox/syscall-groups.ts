@@ -8,8 +8,7 @@
 // repeats that check where systemd-analyze 252 is installed).
 //
 // Not included: `@known` (every syscall the kernel headers systemd was built with declare; it is a
-// generated list, not a policy group). `@sandbox` and `@system-service`'s later additions are not
-// part of 252.
+// generated list, not a policy group). 252 has no `@sandbox` group (later systemd releases add it).
 //
 // Members are syscall names for every architecture systemd supports (e.g. `mmap2`, `ugetrlimit`);
 // names that libseccomp does not know on the filter's architecture are skipped when the filter is

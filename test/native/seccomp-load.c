@@ -24,6 +24,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -177,10 +178,10 @@ static void run_probes(const char *file, const char *newfile)
 	report("swapon", RAW(SYS_swapon, "/nonexistent", 0L));
 	report("setpriority", RAW(SYS_setpriority, 0L, 0L, 0L));
 	report("sched_setscheduler_fifo", RAW(SYS_sched_setscheduler, 0L, 1L, 0L));
-	report("clock_settime", RAW(SYS_clock_settime, 0L, 0L));
-	report("sethostname", RAW(SYS_sethostname, "x", 1L));
+	report("clock_settime", RAW(SYS_clock_settime, 0L, 0L)); /* NULL: EFAULT if allowed */
+	report("sethostname", RAW(SYS_sethostname, 0L, 1L)); /* NULL: EFAULT if allowed */
 	report("syslog", RAW(SYS_syslog, 3L, 0L, 0L));
-	report("ptrace", RAW(SYS_ptrace, 0L, 0L, 0L, 0L));
+	report("ptrace", RAW(SYS_ptrace, 3L /* PTRACE_PEEKUSER */, (long)getpid(), 0L, 0L)); /* ESRCH if allowed */
 	report("init_module", RAW(SYS_init_module, 0L, 0L, ""));
 	report("setuid", RAW(SYS_setuid, (long)getuid()));
 	report("iopl", RAW(SYS_iopl, 0L));
@@ -337,6 +338,10 @@ int main(int argc, char **argv)
 		char newfile[64];
 		snprintf(newfile, sizeof newfile, "%s.new", file);
 		fflush(stdout);
+		/* The probes are chosen to be harmless when allowed (bad pointers, missing paths); as
+		 * root, also keep them away from the host's UTS and mount namespaces. */
+		if (unshare(CLONE_NEWUTS | CLONE_NEWNS) == 0)
+			(void)mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL);
 		for (int i = 0; i < nctx; i++) {
 			r = seccomp_load(ctxs[i]);
 			if (r < 0) {
