@@ -6,6 +6,7 @@ import * as sock from '../helper/native/socket.js';
 import type { Config } from './config.js';
 import { InstanceDir, type Instance, type InstanceRecord, onPidfdExit, openLauncherPidfd, processStartTime, signalLauncher, spawnLauncher, waitPidfd } from './instances.js';
 import { mountSpec } from './launch-spec.js';
+import { instanceCgroups } from './cgroups.js';
 import { log } from './log.js';
 import { callerGroups, checkSource, checkTarget, fsnameFor, parseMountOptions, type Caller } from './policy.js';
 import { MAX_FDS, MAX_MESSAGE_BYTES, RequestError, decodeRequest, encodeReply, errorReply, oneLine, type MountRequest, type Reply, type Request, type UnmountRequest } from './protocol.js';
@@ -224,6 +225,8 @@ export class Broker {
         started_at: Date.now(),
       };
       this.dir.writeRecord(rec);
+      // Per-instance cgroups (supervisor/cgroups.ts); the launcher joins and removes them.
+      const cgroup = instanceCgroups(this.cfg, id, server.cgroup, this.instances.keys());
       const spec = mountSpec({
         id,
         runtimeDir: this.cfg.runtimeDir,
@@ -238,7 +241,9 @@ export class Broker {
         maxRead: opts.maxRead,
         fsname: fsnameFor(req.sourceName),
         fstype: req.fstype,
+        cgroup,
       });
+      const tSpawn = performance.now();
       const { pid, ready } = spawnLauncher({ launcher: this.launcher, spec, fds: [sourceFd, targetFd, caller.pidfd], logFile: this.dir.file(id, 'log'), readyTimeoutMs: server.readyTimeoutMs + 5000 });
       // Our unreaped child: its pid cannot be reused yet, so this pidfd is the launcher's.
       const pidfd = sock.pidfdOpen(pid);
@@ -246,8 +251,10 @@ export class Broker {
       rec.launcher_start = processStartTime(pid);
       this.dir.writeRecord(rec);
       const inst = this.track(rec, pidfd, { state: 'starting' });
+      const tSpawned = performance.now();
       const r = await ready;
       if (r.ok) {
+        log.debug(`instance ${id}: spawn ${(tSpawned - tSpawn).toFixed(1)} ms, launcher ready after ${(performance.now() - tSpawned).toFixed(1)} ms`);
         rec.mnt_id = r.mntId;
         rec.mnt_id_old = r.mntIdOld;
         this.dir.writeRecord(rec);

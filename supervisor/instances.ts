@@ -2,7 +2,7 @@
 // state files in RUNDIR/instances that make that possible. The launcher owns each server's
 // lifetime; the broker only starts instances, signals them through pidfds and reads their state.
 import { spawn } from 'node:child_process';
-import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import * as sock from '../helper/native/socket.js';
 import { RequestError, isErrorCode, oneLine } from './protocol.js';
@@ -105,12 +105,16 @@ export class InstanceDir {
   }
 }
 
+/**
+ * Write to FILE.tmp, then rename: a reader sees the old or the new text, never half. No fsync:
+ * state must survive a crash of a process, not of the machine (no instance outlives a reboot,
+ * and the runtime directory is a tmpfs in a normal deployment).
+ */
 export function atomicWrite(file: string, text: string): void {
   const tmp = `${file}.tmp`;
   const fd = openSync(tmp, 'w', 0o600);
   try {
     writeFileSync(fd, text);
-    fsyncSync(fd);
   } finally {
     closeSync(fd);
   }

@@ -138,7 +138,8 @@ struct spec {
 	bool have_oom;
 	int oom_score_adj;
 	bool nnp;
-	const char *cgroup;
+	const char **cgroups;     /* instance cgroup dirs, one per hierarchy (broker-created) */
+	size_t ncgroups;
 	char **env;
 	size_t nenv;
 	const char *cwd;
@@ -219,12 +220,17 @@ static int64_t clock_ms(clockid_t clk)
 
 static int64_t now_ms(void) { return clock_ms(CLOCK_MONOTONIC); }
 
+static int64_t launcher_t0_us; /* CLOCK_MONOTONIC at start, for log timestamps */
 static void logmsg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void logmsg(const char *fmt, ...)
 {
 	char buf[1024];
 	va_list ap;
-	int n = snprintf(buf, sizeof buf, "fuse-svc-launcher[%llu]: ", S.id);
+	/* +ms since the launcher started: the log shows where an instance's start-up time goes */
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	int64_t us = (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000 - launcher_t0_us;
+	int n = snprintf(buf, sizeof buf, "fuse-svc-launcher[%llu] +%lld.%lldms: ", S.id, (long long)(us / 1000), (long long)(us % 1000 / 100));
 	va_start(ap, fmt);
 	vsnprintf(buf + n, sizeof buf - (size_t)n - 1, fmt, ap);
 	va_end(ap);
@@ -304,6 +310,85 @@ static int close_fds_except(const int *keep, size_t n, unsigned flags)
 }
 
 /* ---------------------------------------------------------------------------------------- */
+/* Instance cgroups (created by the broker, joined in configure_child, removed here)         */
+
+/* A counter from a cgroup's key-value file ("oom_kill 3", "max 12"); -1 if absent. */
+static long long cgroup_counter(const char *dir, const char *file, const char *key)
+{
+	char path[PATH_MAX], buf[2048];
+	long long v = -1;
+	size_t klen = strlen(key);
+	snprintf(path, sizeof path, "%s/%s", dir, file);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	ssize_t n = read(fd, buf, sizeof buf - 1);
+	close(fd);
+	if (n <= 0)
+		return -1;
+	buf[n] = '\0';
+	for (char *line = buf; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL)
+		if (!strncmp(line, key, klen) && line[klen] == ' ')
+			v = strtoll(line + klen + 1, NULL, 10);
+	return v;
+}
+
+/*
+ * Why the server ended, as far as its cgroups know: appended to the reason so `list` and the
+ * broker's log line say "killed by signal 9; memory limit hit (1 OOM kill)". v1 memory:
+ * memory.oom_control "oom_kill"; v1 pids and v2: pids.events "max"; v2: memory.events.
+ */
+static void cgroup_limits_reason(char *out, size_t size)
+{
+	out[0] = '\0';
+	for (size_t i = 0; i < S.ncgroups; i++) {
+		long long oom = cgroup_counter(S.cgroups[i], "memory.oom_control", "oom_kill");
+		long long oom2 = cgroup_counter(S.cgroups[i], "memory.events", "oom_kill");
+		long long pmax = cgroup_counter(S.cgroups[i], "pids.events", "max");
+		if (oom2 > oom)
+			oom = oom2;
+		if (oom > 0)
+			snprintf(out + strlen(out), size - strlen(out), "; memory limit hit (%lld OOM kill%s)",
+				 oom, oom == 1 ? "" : "s");
+		if (pmax > 0)
+			snprintf(out + strlen(out), size - strlen(out), "; pids limit hit (%lld fork%s refused)",
+				 pmax, pmax == 1 ? "" : "s");
+	}
+}
+
+/*
+ * Remove the instance's cgroups once the server is gone. The launcher does it, not the broker:
+ * the launcher is the one process sure to see the end of the instance (the broker may be down
+ * then). The kernel removes a task from its cgroups in do_exit, but the pid namespace's other
+ * tasks may still be on their way out for a moment: EBUSY is retried for up to a second.
+ */
+static void cgroups_remove(void)
+{
+	for (size_t i = 0; i < S.ncgroups; i++) {
+		int tries = 0;
+		while (rmdir(S.cgroups[i]) < 0) {
+			if (errno == ENOENT)
+				break;
+			if (errno != EBUSY || ++tries > 100) {
+				logmsg("rmdir(%s): %s", S.cgroups[i], strerror(errno));
+				break;
+			}
+			usleep(10000);
+		}
+		/* and the shared parent (fuse-svc/) once it is empty, so nothing is left in the
+		 * broker's own cgroup; EBUSY/ENOTEMPTY: other instances still live there */
+		char parent[PATH_MAX];
+		snprintf(parent, sizeof parent, "%s", S.cgroups[i]);
+		char *slash = strrchr(parent, '/');
+		if (slash && slash != parent) {
+			*slash = '\0';
+			if (rmdir(parent) < 0 && errno != EBUSY && errno != ENOTEMPTY && errno != ENOENT)
+				logmsg("rmdir(%s): %s", parent, strerror(errno));
+		}
+	}
+}
+
+/* ---------------------------------------------------------------------------------------- */
 /* Failing                                                                                   */
 
 static void readiness(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -360,6 +445,7 @@ static noreturn void vfail(const char *code, int err, const char *fmt, va_list a
 		readiness("error\t%s\t%s", code, msg);
 		G.phase = PHASE_EXITED;
 		snprintf(G.reason, sizeof G.reason, "start failed: %s %s", code, msg);
+		cgroups_remove();
 		state_write();
 		_exit(EXIT_START_FAILED);
 	}
@@ -368,6 +454,9 @@ static noreturn void vfail(const char *code, int err, const char *fmt, va_list a
 		pidfd_send_signal(G.server_pidfd, SIGKILL, NULL, 0);
 	G.phase = PHASE_EXITED;
 	snprintf(G.reason, sizeof G.reason, "launcher error: %s %s", code, msg);
+	if (G.server_pidfd >= 0)
+		reap(&G.server_pidfd);
+	cgroups_remove();
 	state_write();
 	_exit(EXIT_ENDED);
 }
@@ -550,7 +639,7 @@ static rlim_t spec_rlim(const char *s)
 	return strcmp(s, "inf") ? (rlim_t)spec_uint(s, RLIM_INFINITY - 1) : RLIM_INFINITY;
 }
 
-/* Scalar keys may appear once; list keys (root_*, dev, env, arg, rlimit, seccomp_*) append. */
+/* Scalar keys may appear once; list keys (root_*, dev, env, arg, rlimit, cgroup, seccomp_*) append. */
 static void spec_once(const char *key, bool *seen)
 {
 	if (*seen)
@@ -563,7 +652,7 @@ static void spec_record(char **f, unsigned n)
 	static struct {
 		bool id, rundir, uid, gid, mount, fsname, subtype, owner, readonly, max_read, fuse_fd,
 			sentinel, root_usr, root_bin, tmp_size, proc, proc_source, hostname, umask, oom,
-			nnp, cgroup, cwd, exec, seccomp_default, stop, ready, listen_env;
+			nnp, cwd, exec, seccomp_default, stop, ready, listen_env;
 	} seen;
 	const char *k = f[0];
 #define NF(min, max)                                                            \
@@ -702,8 +791,8 @@ static void spec_record(char **f, unsigned n)
 		NF(1, 1); ONCE(nnp);
 		S.nnp = spec_bool(f[1]);
 	} else if (!strcmp(k, "cgroup")) {
-		NF(1, 1); ONCE(cgroup);
-		S.cgroup = spec_host_path(f[1]);
+		NF(1, 1);
+		APPEND(S.cgroups, S.ncgroups, spec_host_path(f[1]));
 	} else if (!strcmp(k, "env")) {
 		NF(1, 1);
 		if (!strchr(f[1], '=') || f[1][0] == '=')
@@ -876,12 +965,15 @@ static void rundir_open_and_lock(void)
 		readiness("error\tEUID_BUSY\tuid %u is in use by another instance", (unsigned)S.uid);
 		G.phase = PHASE_EXITED;
 		snprintf(G.reason, sizeof G.reason, "uid %u busy", (unsigned)S.uid);
+		cgroups_remove();
 		state_write();
 		_exit(EXIT_BUSY);
 	}
 }
 
-/* RUNDIR/instances/ID.state: ID.state.tmp, fsync, rename, so a reader sees old or new. */
+/* RUNDIR/instances/ID.state: ID.state.tmp, then rename, so a reader sees old or new. No fsync:
+ * the state must survive a crash of the broker or launcher, not of the machine (after a reboot
+ * no instance lives, and RUNDIR is a tmpfs), and fsync cost milliseconds on every mount. */
 static void state_write(void)
 {
 	static const char *const names[] = {"starting", "running", "stopping", "exited"};
@@ -904,7 +996,7 @@ static void state_write(void)
 		logmsg("open(instances/%s): %s", tmp, strerror(errno));
 		return;
 	}
-	if (!write_all(fd, text, (size_t)n) || fsync(fd) < 0)
+	if (!write_all(fd, text, (size_t)n))
 		logmsg("write(instances/%s): %s", tmp, strerror(errno));
 	close(fd);
 	if (renameat(G.instdir, tmp, G.instdir, final) < 0)
@@ -1629,10 +1721,11 @@ static void configure_child(pid_t pid)
 	close(procdir);
 	for (size_t i = 0; i < S.nrlimits; i++)
 		set_rlimit(pid, &S.rlimits[i]);
-	if (S.cgroup) {
-		int fd = open(S.cgroup, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	/* One directory per hierarchy (cgroup v1 controllers, cgroup2): join them all. */
+	for (size_t i = 0; i < S.ncgroups; i++) {
+		int fd = open(S.cgroups[i], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 		if (fd < 0)
-			die_errno("ESANDBOX", "open(%s)", S.cgroup);
+			die_errno("ESANDBOX", "open(%s)", S.cgroups[i]);
 		snprintf(text, sizeof text, "%d", (int)pid);
 		write_proc_file(fd, "cgroup.procs", text);
 		close(fd);
@@ -2048,6 +2141,8 @@ static void handle_notification(void)
 	};
 	if (ioctl(G.notify_fd, SECCOMP_IOCTL_NOTIF_ADDFD, &addfd) < 0 && errno != ENOENT)
 		logmsg("SECCOMP_IOCTL_NOTIF_ADDFD: %s", strerror(errno));
+	else
+		logmsg("source handed to the server");
 }
 
 static void tail_append(const char *buf, size_t n)
@@ -2153,6 +2248,12 @@ static noreturn void finish(int status)
 		logmsg("%zu bytes of server output were dropped", G.log_dropped);
 	close_fd(&G.notify_fd);
 	close_fd(&G.nsfd);
+	if (S.ncgroups) {
+		char why[160];
+		cgroup_limits_reason(why, sizeof why);
+		snprintf(G.reason + strlen(G.reason), sizeof G.reason - strlen(G.reason), "%s", why);
+		cgroups_remove();
+	}
 	logmsg("%s", G.reason);
 	set_phase(PHASE_EXITED);
 	_exit(status);
@@ -2344,6 +2445,11 @@ static noreturn void event_loop(void)
 
 static int instance_main(void)
 {
+	/* Privileged until the end: nobody (not even root without CAP_SYS_PTRACE) may ptrace us,
+	 * read our memory or environment, or take fds from /proc/PID/fd. Inherited by every
+	 * child; the sandbox child sets it again after its credential change. */
+	if (prctl(PR_SET_DUMPABLE, 0) < 0)
+		die_errno("EINTERNAL", "prctl(PR_SET_DUMPABLE)");
 	spec_read(3);
 	rundir_open_and_lock();
 	state_write();
@@ -2359,6 +2465,7 @@ static int instance_main(void)
 	if (S.mount_fuse) {
 		pin_caller_mntns();
 		create_fuse_mount();
+		logmsg("FUSE mount created");
 	}
 	/* libseccomp probes the kernel once; do it here, not after the notify filter is on */
 	seccomp_api_get();
@@ -2384,6 +2491,9 @@ static int instance_main(void)
 
 int main(int argc, char **argv)
 {
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	launcher_t0_us = (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 	if (argc >= 2 && !strcmp(argv[1], "instance") && argc == 2)
 		return instance_main();
 	if (argc >= 2 && !strcmp(argv[1], "init"))
