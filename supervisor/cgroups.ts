@@ -1,0 +1,246 @@
+// Per-instance cgroups: one directory `fuse-svc/NAME` under the broker's own cgroup in each
+// usable hierarchy (cgroup v1 memory / pids / cpu controllers, and cgroup2), with the memory,
+// pids and cpu limits of the server definition. The broker creates and fills them; the
+// launcher moves the server in before exec (spec record `cgroup`, one per hierarchy) and
+// removes them when the instance ends, because it is the one process sure to see that end
+// (the broker may be down then). The broker sweeps leftovers (a launcher killed with -9).
+//
+// Relative to the broker's own cgroup, never the hierarchy root: inside a container or a
+// service manager's slice the limits then nest under the ones already imposed from outside.
+import { createHash } from 'node:crypto';
+import { accessSync, constants, existsSync, mkdirSync, readFileSync, readdirSync, rmdirSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import type { Config } from './config.js';
+import { log } from './log.js';
+import type { ServerDef } from './servers.js';
+
+export type Hierarchy = {
+  /** 'v1' (one or more controllers) or 'v2' (the unified hierarchy). */
+  kind: 'v1' | 'v2';
+  /** v1: the controllers bound to it; v2: those enabled for children of our cgroup. */
+  controllers: string[];
+  mount: string;
+  /** The broker's own cgroup in this hierarchy, as a path on this machine. */
+  base: string;
+  writable: boolean;
+};
+
+const WANTED_V1 = ['memory', 'pids', 'cpu'];
+
+function read(p: string): string | undefined {
+  try {
+    return readFileSync(p, 'utf8');
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * The hierarchies an instance cgroup can go into, from /proc/self/mountinfo and
+ * /proc/self/cgroup. v1 hierarchies count only if they carry memory, pids or cpu; the v2
+ * hierarchy always counts (it groups and counts processes even without controllers).
+ */
+export function discoverHierarchies(procSelf = '/proc/self'): Hierarchy[] {
+  const own = new Map<string, string>(); // controller list ('' = v2) -> path
+  for (const line of (read(`${procSelf}/cgroup`) ?? '').split('\n')) {
+    const m = /^\d+:([^:]*):(.*)$/.exec(line);
+    if (m) own.set(m[1], m[2]);
+  }
+  const out: Hierarchy[] = [];
+  const seen = new Set<string>();
+  for (const line of (read(`${procSelf}/mountinfo`) ?? '').split('\n')) {
+    const [pre, post] = line.split(' - ');
+    if (!post) continue;
+    const f = pre.split(' ');
+    const [fstype, , superOpts] = post.split(' ');
+    const root = unescapeMount(f[3]);
+    const mount = unescapeMount(f[4]);
+    if (fstype !== 'cgroup' && fstype !== 'cgroup2') continue;
+    let ownPath: string | undefined;
+    let controllers: string[];
+    let kind: Hierarchy['kind'];
+    if (fstype === 'cgroup2') {
+      kind = 'v2';
+      ownPath = own.get('');
+      controllers = [];
+    } else {
+      kind = 'v1';
+      const opts = (superOpts ?? '').split(',');
+      controllers = opts.filter((o) => WANTED_V1.includes(o) || o === 'cpuacct');
+      if (!controllers.some((c) => WANTED_V1.includes(c))) continue;
+      // /proc/self/cgroup names a v1 hierarchy by its controller list, e.g. "cpu,cpuacct".
+      for (const [k, v] of own) if (k !== '' && k.split(',').some((c) => controllers.includes(c))) ownPath = v;
+    }
+    if (ownPath === undefined || seen.has(mount)) continue;
+    // The mount shows the hierarchy from `root` down; our cgroup must lie below it.
+    const rel = root === '/' ? ownPath : ownPath === root || ownPath.startsWith(root + '/') ? ownPath.slice(root.length) || '/' : undefined;
+    if (rel === undefined) continue;
+    const base = rel === '/' ? mount : path.join(mount, rel);
+    if (!existsSync(path.join(base, 'cgroup.procs'))) continue;
+    if (kind === 'v2') {
+      const sub = (read(path.join(base, 'cgroup.subtree_control')) ?? '').trim();
+      controllers = sub ? sub.split(/\s+/) : [];
+    }
+    let writable = true;
+    try {
+      accessSync(base, constants.W_OK);
+    } catch {
+      writable = false;
+    }
+    seen.add(mount);
+    out.push({ kind, controllers, mount, base, writable });
+  }
+  return out;
+}
+
+function unescapeMount(s: string): string {
+  return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+}
+
+/** One line for `fuse-svcd check`. */
+export function describeHierarchies(hs: Hierarchy[]): { ok: boolean; detail: string } {
+  if (hs.length === 0) return { ok: false, detail: 'no cgroup hierarchy with memory, pids or cpu found' };
+  const usable = hs.filter((h) => h.writable);
+  const parts = hs.map((h) => `${h.kind === 'v1' ? `v1 ${h.controllers.join(',')}` : `v2 (controllers for children: ${h.controllers.join(' ') || 'none'})`} at ${h.base}${h.writable ? '' : ' (read-only)'}`);
+  const limits = new Set<string>();
+  for (const h of usable) {
+    if (h.kind === 'v1') h.controllers.forEach((c) => limits.add(c));
+    else h.controllers.filter((c) => WANTED_V1.includes(c)).forEach((c) => limits.add(c));
+  }
+  const lim = [...limits].filter((c) => WANTED_V1.includes(c)).sort();
+  return { ok: usable.length > 0, detail: `${parts.join('; ')}; instance limits: ${lim.length ? lim.join(', ') : 'none (grouping only)'}` };
+}
+
+let cached: Hierarchy[] | undefined;
+function hierarchies(): Hierarchy[] {
+  cached ??= discoverHierarchies().filter((h) => h.writable);
+  return cached;
+}
+
+/** The directory name of instance `id`: plain for the default runtime dir, else tagged. */
+export function cgroupName(runtimeDir: string, id: number): string {
+  if (runtimeDir === '/run/fuse-svc') return String(id);
+  return `${createHash('sha256').update(runtimeDir).digest('hex').slice(0, 8)}-${id}`;
+}
+
+function namePattern(runtimeDir: string): RegExp {
+  return runtimeDir === '/run/fuse-svc' ? /^(\d+)$/ : new RegExp(`^${cgroupName(runtimeDir, 0).slice(0, 8)}-(\\d+)$`);
+}
+
+type Limits = ServerDef['cgroup'];
+
+/** What goes into each file, per hierarchy kind and controller. */
+function limitFiles(h: Hierarchy, l: Limits): [string, string][] {
+  const files: [string, string][] = [];
+  const has = (c: string) => h.controllers.includes(c);
+  if (h.kind === 'v1') {
+    if (has('memory') && l.memoryMax) {
+      files.push(['memory.limit_in_bytes', String(l.memoryMax)]);
+      files.push(['memory.memsw.limit_in_bytes', String(l.memoryMax)]); // no escape into swap
+    }
+    if (has('pids') && l.pidsMax) files.push(['pids.max', String(l.pidsMax)]);
+    // systemd's mapping: CPUWeight=100 (the default) is cpu.shares=1024.
+    if (has('cpu') && l.cpuWeight) files.push(['cpu.shares', String(Math.max(2, Math.round((l.cpuWeight * 1024) / 100)))]);
+  } else {
+    if (has('memory') && l.memoryMax) files.push(['memory.max', String(l.memoryMax)], ['memory.swap.max', '0']);
+    if (has('pids') && l.pidsMax) files.push(['pids.max', String(l.pidsMax)]);
+    if (has('cpu') && l.cpuWeight) files.push(['cpu.weight', String(Math.min(10000, Math.max(1, l.cpuWeight)))]);
+  }
+  return files;
+}
+
+/**
+ * Creates `fuse-svc/NAME` in every usable hierarchy with the server's limits and returns the
+ * directories (for the launcher's `cgroup` records). Never fails a mount: a hierarchy that
+ * refuses is skipped with a warning (the instance still has its rlimits). `live` are the ids
+ * of instances the broker knows; leftovers of others are removed on the way.
+ */
+export function instanceCgroups(cfg: Config, id: number, limits: Limits, live: Iterable<number>): string[] {
+  if (cfg.cgroups === 'none') return [];
+  const liveSet = new Set(live);
+  const pattern = namePattern(cfg.runtimeDir);
+  const dirs: string[] = [];
+  for (const h of hierarchies()) {
+    const parent = path.join(h.base, 'fuse-svc');
+    const dir = path.join(parent, cgroupName(cfg.runtimeDir, id));
+    try {
+      if (!existsSync(parent)) {
+        mkdirSync(parent, { mode: 0o755 });
+        if (h.kind === 'v2' && h.controllers.length) {
+          // Let the instances below use the controllers we have (fails harmlessly if not delegated).
+          const want = h.controllers.filter((c) => WANTED_V1.includes(c));
+          if (want.length) writeFileSync(path.join(parent, 'cgroup.subtree_control'), want.map((c) => `+${c}`).join(' '));
+        }
+      }
+      sweep(parent, pattern, liveSet);
+      // A launcher removes the shared parent when it empties: retry if it vanished meanwhile.
+      for (let i = 0; ; i++) {
+        try {
+          mkdirSync(dir, { mode: 0o755, recursive: i > 0 });
+          break;
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code !== 'ENOENT' || i >= 3) throw e;
+        }
+      }
+      for (const [file, value] of limitFiles(h, limits)) {
+        try {
+          writeFileSync(path.join(dir, file), value);
+        } catch (e) {
+          if (file.includes('swap') || file.includes('memsw')) continue; // no swap accounting on this kernel
+          throw new Error(`${file}=${value}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+        }
+      }
+      dirs.push(dir);
+    } catch (e) {
+      log.warn(`instance ${id}: cgroup ${dir} not used: ${(e as Error).message}`);
+      removeCgroups([dir]);
+    }
+  }
+  return dirs;
+}
+
+/** Removes leftover instance cgroups (no tasks) of this runtime dir whose instance is not live. */
+function sweep(parent: string, pattern: RegExp, live: Set<number>): void {
+  let names: string[];
+  try {
+    names = readdirSync(parent);
+  } catch {
+    return;
+  }
+  for (const n of names) {
+    const m = pattern.exec(n);
+    if (!m || live.has(Number(m[1]))) continue;
+    removeCgroups([path.join(parent, n)]);
+  }
+}
+
+/** Removes the shared `fuse-svc` parents that are empty (after tests; `fuse-svcd stop`). */
+export function removeEmptyParents(): void {
+  for (const h of discoverHierarchies()) removeCgroups([path.join(h.base, 'fuse-svc')]);
+}
+
+/** rmdir each cgroup; a missing one is fine, a busy one (tasks left) stays. */
+export function removeCgroups(dirs: string[]): void {
+  for (const d of dirs) {
+    try {
+      rmdirSync(d);
+    } catch {
+      /* ENOENT: already removed by the launcher; EBUSY: still has tasks */
+    }
+  }
+}
+
+/** The instance cgroup directories that exist for runtimeDir (tests, `check`). */
+export function existingInstanceCgroups(runtimeDir: string): string[] {
+  const pattern = namePattern(runtimeDir);
+  const out: string[] = [];
+  for (const h of discoverHierarchies()) {
+    const parent = path.join(h.base, 'fuse-svc');
+    try {
+      for (const n of readdirSync(parent)) if (pattern.test(n)) out.push(path.join(parent, n));
+    } catch {
+      /* none */
+    }
+  }
+  return out;
+}
