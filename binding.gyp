@@ -29,6 +29,21 @@
       "target_name": "sandbox-probe",
       "type": "executable",
       "sources": ["test/native/sandbox-probe.c"]
+    },
+    {
+      "target_name": "service-server",
+      "type": "executable",
+      "sources": ["test/native/service-server.c"]
+    },
+    {
+      "target_name": "service-client",
+      "type": "executable",
+      "sources": ["test/native/service-client.c"]
+    },
+    {
+      "target_name": "sandbox-probe-hog",
+      "type": "executable",
+      "sources": ["test/native/hog.c"]
     }
   ]
 }

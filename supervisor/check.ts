@@ -2,6 +2,7 @@
 // to do if not. The broker runs the same checks at start and refuses to run without a required one.
 import { accessSync, constants, existsSync, readFileSync, statSync } from 'node:fs';
 import os from 'node:os';
+import { describeHierarchies, discoverHierarchies } from './cgroups.js';
 
 export type Check = { name: string; required: boolean; ok: boolean; detail: string; fix?: string };
 
@@ -57,21 +58,9 @@ export function hostChecks(): Check[] {
   add({ name: 'seccomp filters', required: true, ok: /\bstatus\b|Seccomp:/.test(read('/proc/self/status') ?? '') && actions.includes('errno'), detail: actions ? `actions: ${actions}` : 'no seccomp', fix: 'enable CONFIG_SECCOMP_FILTER' });
   add({ name: 'seccomp user notification', required: true, ok: actions.includes('user_notif'), detail: actions.includes('user_notif') ? 'available' : 'missing', fix: 'needs Linux 5.0+ with CONFIG_SECCOMP_FILTER (the source is handed to servers this way)' });
 
-  const cg2 = existsSync('/sys/fs/cgroup/cgroup.controllers') ? '/sys/fs/cgroup' : existsSync('/sys/fs/cgroup/unified/cgroup.controllers') ? '/sys/fs/cgroup/unified' : undefined;
-  const v1mem = existsSync('/sys/fs/cgroup/memory/memory.limit_in_bytes');
-  let cgDetail = cg2 ? `cgroup2 at ${cg2} (controllers: ${read(`${cg2}/cgroup.controllers`) || 'none'})` : 'no cgroup2';
-  if (v1mem) cgDetail += '; cgroup v1 memory and pids controllers';
-  let writable = false;
-  for (const p of [cg2, v1mem ? '/sys/fs/cgroup/memory' : undefined]) {
-    if (!p) continue;
-    try {
-      accessSync(p, constants.W_OK);
-      writable = true;
-    } catch {
-      /* read-only */
-    }
-  }
-  add({ name: 'cgroups', required: false, ok: writable, detail: `${cgDetail}${writable ? ', writable' : ', not writable'}`, fix: 'without a writable cgroup hierarchy, instances get rlimits only (no memory/pids/cpu limits)' });
+  // The hierarchies instance cgroups would go into (supervisor/cgroups.ts decides the same way).
+  const cg = describeHierarchies(discoverHierarchies());
+  add({ name: 'cgroups', required: false, ok: cg.ok, detail: cg.detail, fix: 'without a writable cgroup hierarchy, instances get rlimits only (no memory/pids/cpu limits); in a container mount /sys/fs/cgroup read-write or give the broker a delegated cgroup' });
   return out;
 }
 

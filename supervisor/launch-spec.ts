@@ -54,7 +54,8 @@ export type MountInstance = {
   maxRead?: number;
   fsname: string;
   fstype: string;
-  cgroup?: string;
+  /** Instance cgroup directories, one per hierarchy (supervisor/cgroups.ts). */
+  cgroup?: string | string[];
 };
 
 /** The spec of one brokered mount: mount + sandbox + server. */
@@ -93,7 +94,7 @@ export function mountSpec(m: MountInstance): SpecRecord[] {
 }
 
 /** The root, devices, limits and identity every server sandbox gets. */
-export function sandboxRoot(s: ServerDef, standin: string, cgroup?: string): SpecRecord[] {
+export function sandboxRoot(s: ServerDef, standin: string, cgroup?: string | string[]): SpecRecord[] {
   const recs: SpecRecord[] = [['root_usr', 1]];
   if (s.fuseFd === 'fusermount') recs.push(['root_bin', 'standin', standin]);
   for (const p of s.paths) {
@@ -106,7 +107,7 @@ export function sandboxRoot(s: ServerDef, standin: string, cgroup?: string): Spe
     recs.push(['rlimit', name, soft === 'infinity' ? 'inf' : soft, hard === 'infinity' ? 'inf' : hard]);
   }
   recs.push(['umask', '0077'], ['oom_score_adj', 500], ['nnp', 1]);
-  if (cgroup) recs.push(['cgroup', cgroup]);
+  for (const c of [cgroup ?? []].flat()) recs.push(['cgroup', c]);
   return recs;
 }
 
@@ -124,7 +125,7 @@ export type CommandInstance = {
   binds?: { src: string; dst: string }[];
   /** A connected socket handed to the command as fd 3 with LISTEN_FDS (socket activation). */
   connFd?: number;
-  cgroup?: string;
+  cgroup?: string | string[];
 };
 
 /** A sandboxed command without a mount: the same sandbox a server of `server` gets. */
