@@ -4,10 +4,10 @@
 //   node dist/scripts/gen-policies.js --check   exit 1 if a file on disk differs (nothing written)
 //   ... [--root DIR]                             package root (default: the one this file is in)
 //
-// fuse2fs.json is the brokered fuse2fs sandbox: the seccomp part of the directive set upstream
-// libfuse's service units carry (example/service_ll@.service and siblings; see
-// ../shared/reference/directives.md), with one documented difference: RestrictAddressFamilies=AF_UNIX
-// instead of =none. libfuse2 gets the FUSE fd from the fusermount stand-in over socketpair(AF_UNIX);
+// fuse2fs.json is the brokered fuse2fs sandbox: the seccomp part of server/fuse2fs.sandbox, the
+// directive set upstream libfuse's service units carry (example/service_ll@.service and siblings;
+// see ../shared/reference/directives.md, docs/units.md), with one documented difference:
+// RestrictAddressFamilies=AF_UNIX instead of =none. libfuse2 gets the FUSE fd from the fusermount stand-in over socketpair(AF_UNIX);
 // systemd's rule only filters socket(), so socketpair works under =none too, but AF_UNIX keeps the
 // sandbox usable for anything in libfuse2/glibc that opens an AF_UNIX socket() (and is the
 // definition the design fixes).
@@ -15,40 +15,16 @@ import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { formatProfile, systemCallFilterToProfile, type FilterToProfileOptions } from '../supervisor/sandbox/seccomp.js';
+import { packageRoot } from '../supervisor/paths.js';
+import { loadServiceFile, seccompOptions } from '../supervisor/units/directives.js';
 
-/** The seccomp-relevant directives of upstream's units, with fuse-svc's one difference. */
-export const FUSE2FS_SECCOMP: FilterToProfileOptions = {
-  filter: [
-    '@system-service',
-    '~@privileged',
-    '~@resources',
-    '~@clock',
-    '~@cpu-emulation',
-    '~@debug',
-    '~@module',
-    '~@reboot',
-    '~@swap',
-    '~@mount',
-    'mbind',
-    'sched_setaffinity',
-  ],
-  errorNumber: 'EL3RST',
-  architectures: 'native',
-  directives: {
-    restrictRealtime: true,
-    privateDevices: true,
-    protectHostname: true,
-    restrictAddressFamilies: 'AF_UNIX', // upstream: none (see above)
-    protectKernelLogs: true,
-    protectKernelModules: true,
-    protectKernelTunables: true,
-    restrictNamespaces: true,
-    lockPersonality: true,
-    memoryDenyWriteExecute: true,
-    protectClock: true,
-    restrictSUIDSGID: true,
-  },
-};
+/**
+ * The seccomp-relevant directives of the brokered fuse2fs sandbox, read from its directive file
+ * server/fuse2fs.sandbox (upstream's unit directives with fuse-svc's documented difference,
+ * RestrictAddressFamilies=AF_UNIX): the one source of truth for what that sandbox is.
+ */
+export const FUSE2FS_SANDBOX = path.join(packageRoot, 'server', 'fuse2fs.sandbox');
+export const FUSE2FS_SECCOMP: FilterToProfileOptions = seccompOptions(loadServiceFile(FUSE2FS_SANDBOX).svc);
 
 /** File name (in policies/seccomp/) -> its definition. */
 export const POLICIES: Readonly<Record<string, FilterToProfileOptions>> = {

@@ -14,6 +14,11 @@ import { atomicWrite, openLauncherPidfd, stopAll, waitPidfd, signalLauncher } fr
 import { log } from './log.js';
 import * as sock from '../helper/native/socket.js';
 import { processStartTime } from './instances.js';
+// issue 3 (units): socket activation and `security`
+import { UnitActivator } from './units/activation.js';
+import { UnitError } from './units/parser.js';
+import { runSecurity } from './units/security.js';
+import { UidAllocator } from './uids.js';
 
 const DEFAULT_CONFIG_FILE = '/etc/fuse-svc/config.json';
 
@@ -25,6 +30,7 @@ type RunArgs = {
   config?: string;
   'uid-range'?: string;
   'proc-source'?: string;
+  units?: string;
 };
 
 function buildConfig(a: RunArgs): Config {
@@ -89,12 +95,20 @@ async function run(a: RunArgs): Promise<void> {
     process.exit(78);
   }
   const servers = loadServers(cfg.serverDir);
+  // Units are loaded (and refused with FILE:LINE) before anything listens.
+  let units: UnitActivator | undefined;
+  try {
+    units = a.units ? new UnitActivator({ dir: path.resolve(a.units), runtimeDir: cfg.runtimeDir, nativeDir: cfg.nativeDir, uids: new UidAllocator(cfg.uidRange[0], cfg.uidRange[1]) }) : undefined;
+  } catch (e) {
+    throw e instanceof UnitError ? new ConfigError(e.message) : e;
+  }
   mkdirSync(cfg.runtimeDir, { recursive: true, mode: 0o755 });
   chmodSync(cfg.runtimeDir, 0o755);
   await ensureVisibleProc(cfg);
   publishClient(cfg);
   const broker = new Broker(cfg, servers);
   broker.start();
+  units?.start();
   atomicWrite(path.join(cfg.runtimeDir, 'broker.pid'), `${process.pid} ${processStartTime(process.pid)}\n`);
   let exiting = false;
   const exit = (sig: string) => {
@@ -102,6 +116,7 @@ async function run(a: RunArgs): Promise<void> {
     exiting = true;
     log.info(`${sig}: exiting; ${broker.liveCount()} live mount(s) keep running (full stop: fuse-svcd stop)`);
     broker.close();
+    units?.close();
     rmSync(path.join(cfg.runtimeDir, 'broker.pid'), { force: true });
     process.exit(0);
   };
@@ -136,6 +151,7 @@ const runOptions = {
   config: { type: 'string', describe: `JSON configuration file (default ${DEFAULT_CONFIG_FILE} if present; keys in docs/configuration.md)` },
   'uid-range': { type: 'string', describe: `dynamic uids for sandboxes, FIRST-LAST (default ${DEFAULTS.uidRange.join('-')})` },
   'proc-source': { type: 'string', describe: 'auto: mount an unmasked procfs when /proc is masked (Docker); none: never' },
+  units: { type: 'string', describe: 'also socket-activate every NAME.socket + NAME@.service pair in DIR (docs/units.md)' },
 } as const;
 
 async function main(): Promise<void> {
@@ -155,6 +171,19 @@ async function main(): Promise<void> {
       'full stop: end the broker, detach every mount it made in its callers\' namespaces, end every server',
       { ...runOptions, timeout: { type: 'number', default: 30000, describe: 'ms to wait for the instances' } },
       (a) => stop(a as RunArgs & { timeout: number }),
+    )
+    .command(
+      'security <unit>',
+      'run the probe in the sandbox built from a unit file; per directive: setting, holds?, evidence; exposure 0-10',
+      { unit: { type: 'string', demandOption: true, describe: 'a NAME@.service (or .sandbox) file' }, json: { type: 'boolean', default: false, describe: 'print [{directive, value, holds, evidence}]' }, 'runtime-dir': runOptions['runtime-dir'], 'uid-range': runOptions['uid-range'] },
+      async (a) => {
+        const cfg = buildConfig(a as RunArgs);
+        try {
+          process.exitCode = await runSecurity(String(a.unit), Boolean(a.json), { runtimeDir: cfg.runtimeDir, nativeDir: cfg.nativeDir, uidRange: cfg.uidRange });
+        } catch (e) {
+          throw e instanceof UnitError ? new ConfigError(e.message) : e;
+        }
+      },
     )
     .command(
       'check',

@@ -32,6 +32,8 @@ export type UnitFile = {
   assignments: Assignment[];
   /** Section names in order of first appearance. */
   sections: string[];
+  /** Line of the first header of each section. */
+  sectionLines: Map<string, number>;
 };
 
 /** Where an assignment came from, for messages. */
@@ -45,7 +47,7 @@ const KEY = /^[A-Za-z0-9_.-]+$/;
 export function parseUnit(file: string, text: string): UnitFile {
   if (text.includes('\0')) throw new UnitError(file, 1 + (text.slice(0, text.indexOf('\0')).match(/\n/g)?.length ?? 0), 'file contains a NUL byte');
   const lines = text.replace(/^\uFEFF/, '').split(/\r?\n/);
-  const out: UnitFile = { file, assignments: [], sections: [] };
+  const out: UnitFile = { file, assignments: [], sections: [], sectionLines: new Map() };
   let section: string | undefined;
   let pending: { key: string; parts: string[]; line: number } | undefined;
 
@@ -77,7 +79,10 @@ export function parseUnit(file: string, text: string): UnitFile {
       const m = SECTION.exec(line);
       if (!m) throw new UnitError(file, n, `invalid section header ${JSON.stringify(line)}`);
       section = m[1];
-      if (!out.sections.includes(section)) out.sections.push(section);
+      if (!out.sections.includes(section)) {
+        out.sections.push(section);
+        out.sectionLines.set(section, n);
+      }
       continue;
     }
     const eq = line.indexOf('=');
