@@ -19,11 +19,11 @@ function leftovers() {
     } catch {
       continue;
     }
-    if (/^(fuse2fs|fuse-svc-launch|sandbox-probe|fuse-svc-test-s)/.test(comm)) found.push(`process ${pid} ${comm}`);
+    if (/^(fuse2fs|fuse-svc-launch|sandbox-probe|service-server|service-client)/.test(comm)) found.push(`process ${pid} ${comm}`);
     try {
       for (const line of readFileSync(`/proc/${pid}/mountinfo`, 'utf8').split('\n')) {
         const f = line.split(' - ');
-        if (f[1] && /^fuse(\.|blk| )/.test(f[1]) && /fuse-svc|ext[234]/.test(f[1])) found.push(`mount ${line.split(' ')[4]} (ns of pid ${pid})`);
+        if (f[1] && /^fuse(\.|blk| )/.test(f[1]) && /fuse-svc|ext[234]|service_ll/.test(f[1])) found.push(`mount ${line.split(' ')[4]} (ns of pid ${pid})`);
       }
     } catch {
       /* gone */

@@ -22,7 +22,8 @@ export class Broker {
   private listenWatcher?: sock.Watcher;
   private readonly conns = new Set<Conn>();
   readonly instances = new Map<number, Instance>();
-  private readonly uids: UidAllocator;
+  /** Shared with the unit activator: one allocator per range, so uids are never handed out twice. */
+  readonly uids: UidAllocator;
   private readonly dir: InstanceDir;
   private nextId = 1;
   private stopping = false;

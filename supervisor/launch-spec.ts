@@ -4,6 +4,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import type { ServerDef } from './servers.js';
 import { parseOciProfile, profileToSpecRecords } from './sandbox/seccomp.js';
+import { loadServiceFile, type ServiceConfig } from './units/directives.js';
 
 export type SpecRecord = (string | number)[];
 
@@ -93,6 +94,22 @@ export function mountSpec(m: MountInstance): SpecRecord[] {
   return recs;
 }
 
+const sandboxCache = new Map<string, ServiceConfig>();
+/**
+ * The server's sandbox directives (server/NAME.sandbox, unit syntax): the one definition of
+ * what its sandbox is; policies/seccomp/NAME.json is generated from the same file.
+ */
+export function sandboxOf(s: ServerDef): ServiceConfig | undefined {
+  if (!s.sandbox) return undefined;
+  const file = path.join(path.dirname(s.file), s.sandbox);
+  let c = sandboxCache.get(file);
+  if (!c) {
+    c = loadServiceFile(file).svc;
+    sandboxCache.set(file, c);
+  }
+  return c;
+}
+
 /** The root, devices, limits and identity every server sandbox gets. */
 export function sandboxRoot(s: ServerDef, standin: string, cgroup?: string | string[]): SpecRecord[] {
   const recs: SpecRecord[] = [['root_usr', 1]];
@@ -103,10 +120,13 @@ export function sandboxRoot(s: ServerDef, standin: string, cgroup?: string | str
   }
   for (const d of ['null', 'zero', 'full', 'random', 'urandom']) recs.push(['dev', d]);
   recs.push(['tmp_size', s.tmpSize], ['proc', 'invisible'], ['hostname', 'fuse-svc']);
-  for (const [name, [soft, hard]] of Object.entries(s.rlimits)) {
+  // Limits, umask and OOM score come from the sandbox directives when the server has them.
+  const sb = sandboxOf(s);
+  for (const [name, [soft, hard]] of Object.entries(sb?.limits ?? s.rlimits)) {
     recs.push(['rlimit', name, soft === 'infinity' ? 'inf' : soft, hard === 'infinity' ? 'inf' : hard]);
   }
-  recs.push(['umask', '0077'], ['oom_score_adj', 500], ['nnp', 1]);
+  const umask = sb ? sb.umask & 0o777 : 0o077;
+  recs.push(['umask', umask.toString(8).padStart(4, '0')], ['oom_score_adj', sb?.oomScoreAdjust ?? 500], ['nnp', 1]);
   for (const c of [cgroup ?? []].flat()) recs.push(['cgroup', c]);
   return recs;
 }

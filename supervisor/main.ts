@@ -18,7 +18,6 @@ import { processStartTime } from './instances.js';
 import { UnitActivator } from './units/activation.js';
 import { UnitError } from './units/parser.js';
 import { runSecurity } from './units/security.js';
-import { UidAllocator } from './uids.js';
 
 const DEFAULT_CONFIG_FILE = '/etc/fuse-svc/config.json';
 
@@ -96,9 +95,10 @@ async function run(a: RunArgs): Promise<void> {
   }
   const servers = loadServers(cfg.serverDir);
   // Units are loaded (and refused with FILE:LINE) before anything listens.
+  const broker = new Broker(cfg, servers);
   let units: UnitActivator | undefined;
   try {
-    units = a.units ? new UnitActivator({ dir: path.resolve(a.units), runtimeDir: cfg.runtimeDir, nativeDir: cfg.nativeDir, uids: new UidAllocator(cfg.uidRange[0], cfg.uidRange[1]) }) : undefined;
+    units = a.units ? new UnitActivator({ dir: path.resolve(a.units), runtimeDir: cfg.runtimeDir, nativeDir: cfg.nativeDir, uids: broker.uids }) : undefined;
   } catch (e) {
     throw e instanceof UnitError ? new ConfigError(e.message) : e;
   }
@@ -106,7 +106,6 @@ async function run(a: RunArgs): Promise<void> {
   chmodSync(cfg.runtimeDir, 0o755);
   await ensureVisibleProc(cfg);
   publishClient(cfg);
-  const broker = new Broker(cfg, servers);
   broker.start();
   units?.start();
   atomicWrite(path.join(cfg.runtimeDir, 'broker.pid'), `${process.pid} ${processStartTime(process.pid)}\n`);

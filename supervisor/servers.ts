@@ -20,6 +20,8 @@ export type ServerDef = {
   /** How the server gets the source: seccomp user notification on a sentinel path. */
   source: 'seccomp-notify';
   seccompPolicy: string;
+  /** Unit-style directive file (next to the definition) that says what the sandbox is. */
+  sandbox?: string;
   options: { always: string[]; readOnly: string[]; readWriteNonRoot: string[]; allowed: string[] };
   paths: { src: string; dst: string; optional: boolean }[];
   rlimits: Partial<Record<RlimitName, Rlimit>>;
@@ -33,7 +35,7 @@ export class ServerDefError extends Error {
   override name = 'ServerDefError';
 }
 
-const KEYS = ['name', 'description', 'fstypes', 'exec', 'argv', 'fuseFd', 'source', 'seccompPolicy', 'options', 'paths', 'rlimits', 'cgroup', 'tmpSize', 'readyTimeoutMs', 'stopTimeoutMs'];
+const KEYS = ['name', 'description', 'fstypes', 'exec', 'argv', 'fuseFd', 'source', 'seccompPolicy', 'sandbox', 'options', 'paths', 'rlimits', 'cgroup', 'tmpSize', 'readyTimeoutMs', 'stopTimeoutMs'];
 
 /** Loads every *.json in dir; a type claimed twice is an error. */
 export function loadServers(dir: string): Map<string, ServerDef> {
@@ -121,6 +123,7 @@ export function parseServerDef(file: string, text: string): ServerDef {
     fuseFd: o.fuseFd as ServerDef['fuseFd'],
     source: 'seccomp-notify',
     seccompPolicy: specSafe(o.seccompPolicy, 'seccompPolicy'),
+    sandbox: o.sandbox === undefined ? undefined : specSafe(o.sandbox, 'sandbox'),
     options: { always: optList('always'), readOnly: optList('readOnly'), readWriteNonRoot: optList('readWriteNonRoot'), allowed: optList('allowed') },
     paths: paths.map((p, i) => {
       const e = p as Record<string, unknown>;
