@@ -23,7 +23,7 @@ done
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ctx=$(mktemp -d "${TMPDIR:-/tmp}/fuse-svc-image.XXXXXX")
 trap 'rm -rf "$ctx"' EXIT
-"$here/stage-context.sh" "$ctx"
+bash "$here/stage-context.sh" "$ctx"
 
 args=(build --network host --force-rm --tag "$tag")
 [ -n "$base" ] && args+=(--build-arg "BASE=$base")

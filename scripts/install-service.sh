@@ -1,0 +1,83 @@
+#!/bin/sh
+# Install the fuse-svcd service for OpenRC or runit.
+#
+# usage: scripts/install-service.sh openrc|runit [--destdir DIR] [--bin PATH] [--enable]
+#   openrc: init/openrc/fuse-svcd       -> DESTDIR/etc/init.d/fuse-svcd
+#           init/openrc/fuse-svcd.confd -> DESTDIR/etc/conf.d/fuse-svcd (kept if it exists;
+#                                          the new one is written next to it as .new)
+#           --enable: rc-update add fuse-svcd default
+#   runit:  init/runit/fuse-svcd/       -> DESTDIR/etc/sv/fuse-svcd/ (conf kept if it exists)
+#           --enable: link it into the first of $SVDIR, /var/service (Void), /etc/service
+#           (Debian), /service that exists
+#   --bin:  set FUSE_SVCD_BIN in the installed configuration (default /usr/local/bin/fuse-svcd,
+#           where `npm install -g fuse-svc` puts it)
+#   --destdir: install below DIR (packaging, tests); --enable is refused with it
+set -eu
+
+die() { echo "install-service: $*" >&2; exit 1; }
+[ $# -ge 1 ] || die "usage: $0 openrc|runit [--destdir DIR] [--bin PATH] [--enable]"
+kind=$1; shift
+destdir=
+bin=
+enable=no
+while [ $# -gt 0 ]; do
+	case $1 in
+	--destdir) destdir=$2; shift 2 ;;
+	--bin) bin=$2; shift 2 ;;
+	--enable) enable=yes; shift ;;
+	*) die "unknown argument $1" ;;
+	esac
+done
+[ -n "$destdir" ] && [ "$enable" = yes ] && die "--enable makes no sense with --destdir"
+src=$(cd "$(dirname "$0")/.." && pwd)/init
+
+# set_bin FILE: uncomment/replace the FUSE_SVCD_BIN line
+set_bin() {
+	[ -n "$bin" ] || return 0
+	tmp=$1.tmp.$$
+	sed "s|^#\{0,1\}FUSE_SVCD_BIN=.*|FUSE_SVCD_BIN=\"$bin\"|" "$1" >"$tmp" && mv "$tmp" "$1"
+}
+
+case $kind in
+openrc)
+	install -d "$destdir/etc/init.d" "$destdir/etc/conf.d"
+	install -m 0755 "$src/openrc/fuse-svcd" "$destdir/etc/init.d/fuse-svcd"
+	conf=$destdir/etc/conf.d/fuse-svcd
+	if [ -e "$conf" ]; then
+		install -m 0644 "$src/openrc/fuse-svcd.confd" "$conf.new"
+		set_bin "$conf.new"
+		echo "kept $conf; the shipped one is $conf.new" >&2
+	else
+		install -m 0644 "$src/openrc/fuse-svcd.confd" "$conf"
+		set_bin "$conf"
+	fi
+	[ "$enable" = yes ] && rc-update add fuse-svcd default
+	echo "installed $destdir/etc/init.d/fuse-svcd; start: rc-service fuse-svcd start" >&2
+	;;
+runit)
+	sv=$destdir/etc/sv/fuse-svcd
+	install -d "$sv/log"
+	install -m 0755 "$src/runit/fuse-svcd/run" "$sv/run"
+	install -m 0755 "$src/runit/fuse-svcd/finish" "$sv/finish"
+	install -m 0755 "$src/runit/fuse-svcd/log/run" "$sv/log/run"
+	if [ -e "$sv/conf" ]; then
+		install -m 0644 "$src/runit/fuse-svcd/conf" "$sv/conf.new"
+		set_bin "$sv/conf.new"
+		echo "kept $sv/conf; the shipped one is $sv/conf.new" >&2
+	else
+		install -m 0644 "$src/runit/fuse-svcd/conf" "$sv/conf"
+		set_bin "$sv/conf"
+	fi
+	if [ "$enable" = yes ]; then
+		for d in ${SVDIR:-} /var/service /etc/service /service; do
+			if [ -d "$d" ]; then
+				ln -sfn /etc/sv/fuse-svcd "$d/fuse-svcd"
+				echo "enabled in $d (runsvdir starts it within 5 s)" >&2
+				break
+			fi
+		done
+	fi
+	echo "installed $sv" >&2
+	;;
+*) die "unknown init system $kind (openrc or runit)" ;;
+esac
