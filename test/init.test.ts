@@ -151,6 +151,16 @@ test('a CMD killed by a signal is reported and restarted', async () => {
   assert.match(r.stderr(), /SIGINT received: stopping/);
 });
 
+test('a CMD exiting 64 or 78 (usage or missing host feature) is not restarted: init exits with it', async () => {
+  for (const code of [64, 78]) {
+    const cfg = script(`cfg${code}.sh`, `echo run >> "${dir}/cfg${code}.count"\nexit ${code}`);
+    const r = startInit(['--restart-delay-ms', '30', '--', cfg]);
+    assert.is((await exited(r, 5000)).code, code, r.stderr());
+    assert.is(read(`cfg${code}.count`), 'run\n', 'started once');
+    assert.match(r.stderr(), /a configuration error, not restarting/);
+  }
+});
+
 test('SIGTERM: CMD gets SIGTERM, then the stop command runs after CMD ended, init exits 0', async () => {
   const cmd = script(
     'broker.sh',

@@ -21,6 +21,9 @@
  *   doubled after each quick failure, at most 30 s, back to the start after a run of >= 60 s.
  * - If the very first exec of CMD fails (no such program...), init exits 127 (126 for EACCES)
  *   at once: that is a configuration error, not a crash. A later exec failure is a crash.
+ * - CMD exiting 64 (EX_USAGE: bad flags or configuration) or 78 (EX_CONFIG: a required host
+ *   feature is missing, see `fuse-svcd check`) is not a crash either: restarting cannot help,
+ *   so init exits with that status instead of retrying forever (nothing is live then).
  *
  * Single-threaded; no shell strings; no allocation after start-up besides the argv arrays.
  */
@@ -86,6 +89,7 @@ struct init_state {
     int64_t stop_kill_at;
     int stop_status;          /* wait status of the stop command */
     int stop_failed;
+    int fatal_status;         /* CMD's exit status when it was a configuration error, or -1 */
     sigset_t saved_mask;      /* the mask children get back */
 };
 
@@ -253,6 +257,14 @@ static void init_cmd_ended(struct init_state *st, int status)
         init_log("%s %s", st->cmd[0], what);
         return;
     }
+    if (WIFEXITED(status) && (WEXITSTATUS(status) == 64 || WEXITSTATUS(status) == 78)) {
+        init_log("%s %s: a configuration error, not restarting", st->cmd[0], what);
+        st->fatal_status = WEXITSTATUS(status);
+        st->stopping = 1;
+        st->stop_started = 1; /* nothing was started, so there is nothing to stop */
+        st->restart_at = -1;
+        return;
+    }
     long d = ran >= INIT_RESET_AFTER_MS ? st->base_delay_ms : st->delay_ms;
     st->delay_ms = d * 2 > INIT_MAX_DELAY_MS ? INIT_MAX_DELAY_MS : d * 2;
     st->restart_at = now + d;
@@ -310,6 +322,7 @@ int init_main(int argc, char **argv)
     st.restart_at = -1;
     st.kill_at = -1;
     st.stop_kill_at = -1;
+    st.fatal_status = -1;
 
     /* argv[0] is "init" */
     int i = 1;
@@ -400,6 +413,8 @@ int init_main(int argc, char **argv)
                 init_start_stop_cmd(&st);
             if (st.stop_child == 0) {
                 free(stop);
+                if (st.fatal_status >= 0)
+                    return st.fatal_status;
                 return st.stop_failed ? 1 : 0;
             }
         }
