@@ -4,7 +4,7 @@ import { chmodSync, chownSync, existsSync, lstatSync, readFileSync, readlinkSync
 import path from 'node:path';
 import * as sock from '../helper/native/socket.js';
 import type { Config } from './config.js';
-import { InstanceDir, type Instance, type InstanceRecord, onPidfdExit, openLauncherPidfd, processStartTime, signalLauncher, spawnLauncher, waitPidfd } from './instances.js';
+import { InstanceDir, type Instance, type InstanceRecord, onPidfdExit, runWithFds, openLauncherPidfd, processStartTime, signalLauncher, spawnLauncher, waitPidfd } from './instances.js';
 import { mountSpec } from './launch-spec.js';
 import { instanceCgroups } from './cgroups.js';
 import { log } from './log.js';
@@ -14,6 +14,9 @@ import type { ServerDef } from './servers.js';
 import { UidAllocator } from './uids.js';
 
 const ENDED_KEEP_MS = 10 * 60 * 1000;
+/** How long the record of a possibly dead mount is kept for its owner to unmount it. */
+const ORPHAN_KEEP_MS = 24 * 3600 * 1000;
+const ORPHAN_REASON = 'the launcher was killed; its mount may be left dead: unmount it';
 
 type Conn = { fd: number; caller: Caller; watcher?: sock.Watcher; timer?: NodeJS.Timeout; done: boolean };
 
@@ -295,15 +298,19 @@ export class Broker {
     const st = this.dir.readState(inst.rec.id) ?? { state: 'exited' as const, reason: 'the launcher died without a final state' };
     const wasRunning = inst.status.state === 'running';
     inst.status = { ...st, state: 'exited', ended_at: st.ended_at ?? Date.now() };
-    if (st.state !== 'exited') inst.status.reason = `the launcher ended unexpectedly (last state ${st.state})`;
+    if (st.state !== 'exited') {
+      // Killed before it could detach: the mount may be left dead in the caller's namespace.
+      inst.orphaned = inst.rec.mnt_id_old !== undefined;
+      inst.status.reason = inst.orphaned ? ORPHAN_REASON : `the launcher ended unexpectedly (last state ${st.state})`;
+    }
     safeClose(inst.pidfd);
     inst.pidfd = -1;
     this.uids.release(inst.rec.uid);
     if (wasRunning) {
       const how = inst.status.exit_signal ? `killed by signal ${inst.status.exit_signal}` : `exit status ${inst.status.exit_code ?? '?'}`;
-      log.info(`instance ${inst.rec.id}: ${inst.rec.source} on ${inst.rec.target} (uid ${inst.rec.owner_uid}) ended: ${inst.status.reason ?? 'server exited'}, server ${how}; mount detached, sandbox uid ${inst.rec.uid} released`);
+      log.info(`instance ${inst.rec.id}: ${inst.rec.source} on ${inst.rec.target} (uid ${inst.rec.owner_uid}) ended: ${inst.status.reason ?? 'server exited'}, server ${how}${inst.orphaned ? '' : '; mount detached'}, sandbox uid ${inst.rec.uid} released`);
     }
-    setTimeout(() => this.forget(inst), ENDED_KEEP_MS).unref();
+    setTimeout(() => this.forget(inst), inst.orphaned ? ORPHAN_KEEP_MS : ENDED_KEEP_MS).unref();
     inst.endedResolve(inst.status);
   }
 
@@ -323,6 +330,10 @@ export class Broker {
     } else {
       const i = req.fds.indexOf('target');
       inst = this.instanceAt(fds[i]);
+      if (inst.status.state === 'exited') {
+        if (caller.uid !== 0 && caller.uid !== inst.rec.owner_uid) throw new RequestError('EPERM_MOUNT', `mount ${inst.rec.id} belongs to uid ${inst.rec.owner_uid}`);
+        return this.detachOrphan(inst, caller, fds[i]);
+      }
       // The descriptor pins the very mount we are about to detach: while anyone holds it, the
       // superblock lives on and the server never sees the end of its connection.
       safeClose(fds[i]);
@@ -335,10 +346,35 @@ export class Broker {
   }
 
   /**
-   * The live instance whose mount root `fd` is. Neither fstat nor statx may be used: FUSE
-   * refuses every uid but the caller's (no allow_other), root included. The kernel's fdinfo
-   * names the fd's mount, and the fd's path (as the kernel prints it) must be the mount point
-   * recorded at mount time, so a subdirectory or a symlink inside the mount does not match.
+   * A mount whose launcher is gone (killed with its container, say) answers ENOTCONN and its
+   * owner cannot remove it. Its owner may ask by descriptor: if the descriptor is the root of
+   * the mount the record names and the kernel says the connection is dead, a one-shot
+   * launcher detaches it in the caller's namespace.
+   */
+  private async detachOrphan(inst: Instance, caller: Caller, fd: number): Promise<Reply> {
+    // Root's statfs cannot tell a dead FUSE mount (FUSE answers non-owners itself), so the
+    // caller's own mount table must show this mount id as a FUSE mount owned by the record's
+    // owner: a recycled mount id on someone else's mount does not qualify.
+    const mntId = /^mnt_id:\s*(\d+)$/m.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'))?.[1];
+    const line = callerMountinfo(caller.pidfd)?.find((l) => l.split(' ')[0] === mntId);
+    const fsType = line?.split(' - ')[1]?.split(' ')[0] ?? '';
+    const superOpts = line?.split(' - ')[1]?.split(' ')[2] ?? '';
+    if (!/^fuse(blk)?(\.|$)/.test(fsType) || !superOpts.split(',').includes(`user_id=${inst.rec.owner_uid}`)) {
+      throw new RequestError('ENOENT_MOUNT', `broker mount ${inst.rec.id} has ended; the target is not its mount`);
+    }
+    const r = await runWithFds(this.launcher, ['detach'], [caller.pidfd, fd], 10000);
+    if (r.code !== 0) throw new RequestError('EATTACH', `cannot detach the dead mount: ${oneLine(r.stderr)}`);
+    log.info(`instance ${inst.rec.id}: detached the dead mount ${inst.rec.target} left by a launcher that was killed, for uid ${caller.uid}`);
+    this.forget(inst);
+    return { ok: true, id: inst.rec.id, exit_code: inst.status.exit_code ?? null, exit_signal: inst.status.exit_signal ?? null };
+  }
+
+  /**
+   * The instance whose mount root `fd` is: a live one, or an orphaned one (its launcher was
+   * killed and its mount may be left dead). Neither fstat nor statx may be used: FUSE refuses
+   * every uid but the caller's (no allow_other), root included. The kernel's fdinfo names the
+   * fd's mount, and the fd's path (as the kernel prints it) must be the mount point recorded at
+   * mount time, so a subdirectory or a symlink inside the mount does not match.
    */
   private instanceAt(fd: number): Instance {
     const mntId = /^mnt_id:\s*(\d+)$/m.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'))?.[1];
@@ -348,7 +384,8 @@ export class Broker {
     } catch {
       where = '';
     }
-    const inst = [...this.instances.values()].find((i) => i.status.state !== 'exited' && i.rec.mnt_id_old === mntId);
+    const candidates = [...this.instances.values()].filter((i) => i.rec.mnt_id_old === mntId && (i.status.state !== 'exited' || i.orphaned));
+    const inst = candidates.find((i) => i.status.state !== 'exited') ?? candidates[0];
     if (!inst) throw new RequestError('ENOENT_MOUNT', 'the target is not a mount made by this broker');
     if (inst.rec.target_path !== where) throw new RequestError('ENOENT_MOUNT', `the target is not the root of broker mount ${inst.rec.id} (use --id ${inst.rec.id})`);
     return inst;
@@ -374,7 +411,7 @@ export class Broker {
       const s = inst.status;
       mounts.push({ id: r.id, owner_uid: r.owner_uid, fstype: r.fstype, options: r.options, source: r.source, target: r.target, uid: r.uid, state: s.state, started_at: r.started_at, server_pid: s.server_pid ?? null, exit_code: s.exit_code ?? null, exit_signal: s.exit_signal ?? null, reason: s.reason ?? null });
       // An ended instance is reported to its owner once, then forgotten.
-      if (s.state === 'exited' && caller.uid === r.owner_uid) this.forget(inst);
+      if (s.state === 'exited' && caller.uid === r.owner_uid && !inst.orphaned) this.forget(inst);
     }
     return { ok: true, mounts };
   }
@@ -393,11 +430,15 @@ export class Broker {
       }
       const pidfd = st?.state === 'exited' ? undefined : openLauncherPidfd(rec);
       if (pidfd === undefined) {
-        // Ended while no broker ran (or never started): keep it listable once, then forget it.
-        const status = { ...(st ?? { state: 'exited' as const }), state: 'exited' as const, reason: st?.reason ?? 'ended while the broker was not running' };
-        const inst: Instance = { rec, pidfd: -1, status, ended: Promise.resolve(status), endedResolve: () => {} };
+        // Ended while no broker ran. When its launcher was killed before it could finish
+        // (state not "exited"), the mount may be left dead in the caller's namespace: keep the
+        // record so its owner can unmount it (detachOrphan); else list it once.
+        const orphaned = st?.state !== 'exited' && rec.mnt_id_old !== undefined;
+        const reason = orphaned ? ORPHAN_REASON : (st?.reason ?? 'ended while the broker was not running');
+        const status = { ...(st ?? { state: 'exited' as const }), state: 'exited' as const, reason };
+        const inst: Instance = { rec, pidfd: -1, status, ended: Promise.resolve(status), endedResolve: () => {}, orphaned };
         this.instances.set(id, inst);
-        setTimeout(() => this.forget(inst), ENDED_KEEP_MS).unref();
+        setTimeout(() => this.forget(inst), orphaned ? ORPHAN_KEEP_MS : ENDED_KEEP_MS).unref();
         continue;
       }
       this.track(rec, pidfd, st ?? { state: 'running' });
@@ -409,6 +450,19 @@ export class Broker {
 /** Waits until a stopped broker's instances are gone (used by tests and `stop`). */
 export async function waitForExit(pidfd: number, ms: number): Promise<boolean> {
   return waitPidfd(pidfd, ms);
+}
+
+/** The caller's mount table, read through its pidfd's pid (undefined if not visible). */
+function callerMountinfo(pidfd: number): string[] | undefined {
+  try {
+    const pid = Number(/^Pid:\s*(-?\d+)$/m.exec(readFileSync(`/proc/self/fdinfo/${pidfd}`, 'utf8'))?.[1]);
+    if (!(pid > 0)) return undefined;
+    const text = readFileSync(`/proc/${pid}/mountinfo`, 'utf8');
+    // Only if the pid still names the caller (a live pidfd pins the pid number).
+    return sock.pidfdIsAlive(pidfd) ? text.split('\n') : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 function groupId(g: string): number {

@@ -47,6 +47,8 @@ export type Instance = {
   /** Resolved when the launcher has exited and its final state was read. */
   ended: Promise<InstanceState>;
   endedResolve: (s: InstanceState) => void;
+  /** Its launcher died without finishing; the mount may be left dead in the caller's namespace. */
+  orphaned?: boolean;
 };
 
 const SIGTERM = 15;
@@ -216,6 +218,28 @@ export function spawnLauncher(a: LaunchArgs): { pid: number; ready: Promise<Laun
     child.on('error', (e) => finish({ ok: false, code: 'EINTERNAL', message: `cannot run the launcher: ${e.message}` }));
   });
   return { pid, ready };
+}
+
+/**
+ * Runs a short helper with `fds` at 3, 4… and an empty environment; resolves with its exit
+ * code and stderr. (execa does not place arbitrary descriptors above stderr.)
+ */
+export function runWithFds(cmd: string, args: string[], fds: number[], timeoutMs: number): Promise<{ code: number; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe', ...fds], env: {} });
+    let stderr = '';
+    child.stderr!.setEncoding('utf8');
+    child.stderr!.on('data', (d: string) => (stderr = (stderr + d).slice(-4096)));
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.on('error', (e) => {
+      clearTimeout(timer);
+      resolve({ code: -1, stderr: e.message });
+    });
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code: code ?? -1, stderr });
+    });
+  });
 }
 
 /** Calls back once when the process behind pidfd has exited (pidfds poll readable then). */

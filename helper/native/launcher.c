@@ -3,6 +3,7 @@
  * mounts. docs/launcher.md is its contract (modes, fds, readiness line, state files, spec).
  *
  *   fuse-svc-launcher instance      one sandboxed server instance, spec on fd 3
+ *   fuse-svc-launcher detach        detach a mount whose launcher is gone (pidfd fd 3, mount fd 4)
  *   fuse-svc-launcher init -- CMD   PID 1 of the broker container (launcher-init.c)
  *   fuse-svc-launcher version
  *
@@ -2489,6 +2490,48 @@ static int instance_main(void)
 	event_loop();
 }
 
+/* ---------------------------------------------------------------------------------------- */
+/* `fuse-svc-launcher detach`: fd 3 = the caller's pidfd, fd 4 = a descriptor of the root of a
+ * mount in the caller's namespace. Detaches that mount there. The broker uses it for mounts
+ * whose launcher is gone (killed with its container), which answer ENOTCONN and which the
+ * caller cannot remove itself; it has already matched the descriptor to an instance record of
+ * that caller. Like the instance's own detacher it never resolves a path in the caller's
+ * namespace: the magic link is looked up in our /proc, opened before setns. */
+static noreturn void die_plain(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static noreturn void die_plain(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	exit(1);
+}
+
+static int detach_main(void)
+{
+	const int pidfd = 3, target = 4;
+	int fddir, nsfd;
+	char name[16];
+
+	if (prctl(PR_SET_DUMPABLE, 0) < 0)
+		die_plain("detach: prctl(PR_SET_DUMPABLE): %s", strerror(errno));
+	fddir = open("/proc/self/fd", O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (fddir < 0)
+		die_plain("detach: open(/proc/self/fd): %s", strerror(errno));
+	nsfd = ioctl(pidfd, PIDFD_GET_MNT_NAMESPACE, 0);
+	if (nsfd < 0 && setns(pidfd, CLONE_NEWNS) < 0)
+		die_plain("detach: setns(caller pidfd, CLONE_NEWNS): %s", strerror(errno));
+	if (nsfd >= 0 && setns(nsfd, CLONE_NEWNS) < 0)
+		die_plain("detach: setns(caller mount namespace): %s", strerror(errno));
+	if (fchdir(fddir) < 0)
+		die_plain("detach: fchdir(/proc/self/fd): %s", strerror(errno));
+	snprintf(name, sizeof name, "%d", target);
+	if (umount2(name, MNT_DETACH) < 0)
+		die_plain("detach: umount2: %s", strerror(errno));
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	struct timespec ts;
@@ -2498,10 +2541,12 @@ int main(int argc, char **argv)
 		return instance_main();
 	if (argc >= 2 && !strcmp(argv[1], "init"))
 		return init_main(argc - 1, argv + 1);
+	if (argc == 2 && !strcmp(argv[1], "detach"))
+		return detach_main();
 	if (argc == 2 && !strcmp(argv[1], "version")) {
 		printf("fuse-svc-launcher %s\n", LAUNCHER_VERSION);
 		return 0;
 	}
-	fprintf(stderr, "usage: fuse-svc-launcher instance | init -- CMD... | version\n");
+	fprintf(stderr, "usage: fuse-svc-launcher instance | detach | init -- CMD... | version\n");
 	return EXIT_SPEC;
 }
