@@ -4,7 +4,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import type { ServerDef } from './servers.js';
 import { parseOciProfile, profileToSpecRecords } from './sandbox/seccomp.js';
-import { loadServiceFile, type ServiceConfig } from './units/directives.js';
+import { loadServiceFile, processRecords, type ServiceConfig } from './units/directives.js';
 
 export type SpecRecord = (string | number)[];
 
@@ -122,11 +122,11 @@ export function sandboxRoot(s: ServerDef, standin: string, cgroup?: string | str
   recs.push(['tmp_size', s.tmpSize], ['proc', 'invisible'], ['hostname', 'fuse-svc']);
   // Limits, umask and OOM score come from the sandbox directives when the server has them.
   const sb = sandboxOf(s);
-  for (const [name, [soft, hard]] of Object.entries(sb?.limits ?? s.rlimits)) {
-    recs.push(['rlimit', name, soft === 'infinity' ? 'inf' : soft, hard === 'infinity' ? 'inf' : hard]);
+  if (sb) recs.push(...processRecords(sb));
+  else {
+    for (const [name, [soft, hard]] of Object.entries(s.rlimits)) recs.push(['rlimit', name, soft === 'infinity' ? 'inf' : soft, hard === 'infinity' ? 'inf' : hard]);
+    recs.push(['umask', '0077'], ['nnp', 1]);
   }
-  const umask = sb ? sb.umask & 0o777 : 0o077;
-  recs.push(['umask', umask.toString(8).padStart(4, '0')], ['oom_score_adj', sb?.oomScoreAdjust ?? 500], ['nnp', 1]);
   for (const c of [cgroup ?? []].flat()) recs.push(['cgroup', c]);
   return recs;
 }

@@ -987,6 +987,18 @@ function expandEnv(word: string, env: Map<string, string>): string {
 }
 
 /** The whole launcher spec of one service instance (docs/launcher.md). */
+/** Limit*=, UMask=, OOMScoreAdjust= and NoNewPrivileges as launcher records (units and the brokered sandbox alike). */
+export function processRecords(c: ServiceConfig): SpecRecord[] {
+  const recs: SpecRecord[] = [];
+  for (const [name, [soft, hard]] of Object.entries(c.limits) as [RlimitName, Rlimit][]) {
+    recs.push(['rlimit', name, soft === 'infinity' ? 'inf' : soft, hard === 'infinity' ? 'inf' : hard]);
+  }
+  recs.push(['umask', c.umask.toString(8).padStart(4, '0')]);
+  if (c.oomScoreAdjust !== undefined) recs.push(['oom_score_adj', c.oomScoreAdjust]);
+  recs.push(['nnp', 1]);
+  return recs;
+}
+
 export function serviceSpec(c: ServiceConfig, i: InstanceSpec): SpecRecord[] {
   const sp = (t: string) => expandSpecifiers(t, { name: i.unitName });
   const recs: SpecRecord[] = [['version', 1], ['id', i.id], ['rundir', i.runtimeDir], ['uid', i.uid], ['gid', i.uid]];
@@ -1016,12 +1028,7 @@ export function serviceSpec(c: ServiceConfig, i: InstanceSpec): SpecRecord[] {
   if (i.procSource) recs.push(['proc_source', i.procSource]);
   const cwd = c.workingDirectory ? sp(c.workingDirectory.text) : '/';
   if (!/^\/(usr|tmp|dev|proc)?(\/|$)/.test(cwd)) recs.push(['root_dir', cwd]);
-  for (const [name, [soft, hard]] of Object.entries(c.limits) as [RlimitName, Rlimit][]) {
-    recs.push(['rlimit', name, soft === 'infinity' ? 'inf' : soft, hard === 'infinity' ? 'inf' : hard]);
-  }
-  recs.push(['umask', c.umask.toString(8).padStart(4, '0')]);
-  if (c.oomScoreAdjust !== undefined) recs.push(['oom_score_adj', c.oomScoreAdjust]);
-  recs.push(['nnp', 1]);
+  recs.push(...processRecords(c));
   for (const [k, v] of env) recs.push(['env', `${k}=${v}`]);
   recs.push(['cwd', cwd], ['exec', exec], ...argv.map((a) => ['arg', a]));
   recs.push(...seccompRecordsOf(c));
