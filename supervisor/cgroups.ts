@@ -244,3 +244,15 @@ export function existingInstanceCgroups(runtimeDir: string): string[] {
   }
   return out;
 }
+
+/**
+ * After a full stop: removes every instance cgroup of runtimeDir that has no tasks left (also
+ * those of launchers killed with -9, which could not remove their own), then the shared
+ * parents if they are empty. A cgroup with tasks is never touched (rmdir refuses it).
+ */
+export function sweepRuntimeDir(runtimeDir: string): number {
+  const stale = existingInstanceCgroups(runtimeDir);
+  removeCgroups(stale);
+  removeEmptyParents();
+  return stale.filter((d) => !existsSync(d)).length;
+}

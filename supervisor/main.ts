@@ -12,6 +12,7 @@ import { loadServers } from './servers.js';
 import { Broker } from './broker.js';
 import { atomicWrite, openLauncherPidfd, stopAll, waitPidfd, signalLauncher } from './instances.js';
 import { log } from './log.js';
+import { sweepRuntimeDir } from './cgroups.js';
 import * as sock from '../helper/native/socket.js';
 import { processStartTime } from './instances.js';
 // issue 3 (units): socket activation and `security`
@@ -139,6 +140,7 @@ async function stop(a: RunArgs & { timeout: number }): Promise<void> {
     /* no broker running */
   }
   const r = await stopAll(cfg.runtimeDir, a.timeout);
+  sweepRuntimeDir(cfg.runtimeDir); // instance cgroups a killed launcher could not remove
   log.info(`full stop: ${r.stopped} instance(s) unmounted and ended${r.gone ? `, ${r.gone} already gone` : ''}`);
 }
 
