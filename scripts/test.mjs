@@ -1,8 +1,8 @@
 #!/usr/bin/env node
 // Runs every uvu suite in dist/test, then checks this machine for anything a test left behind
 // (FUSE mounts, servers, launchers), and ends with the line "N passed, N failed".
-import { spawn } from 'node:child_process';
-import { readFileSync, readdirSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { readFileSync, readdirSync, readlinkSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -32,6 +32,34 @@ function leftovers() {
   return [...new Set(found)];
 }
 
+/**
+ * After a crashed suite (its teardown never ran), ends what it left: a full stop of every
+ * runtime directory a leftover launcher logs into, then SIGKILL for anything still there.
+ */
+function sweep() {
+  const dirs = new Set();
+  for (const pid of readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
+    try {
+      if (!readFileSync(`/proc/${pid}/comm`, 'utf8').startsWith('fuse-svc-launch')) continue;
+      const log = readlinkSync(`/proc/${pid}/fd/2`);
+      const m = /^(.*)\/instances\/\d+\.log$/.exec(log);
+      if (m) dirs.add(m[1]);
+    } catch {
+      /* gone */
+    }
+  }
+  for (const d of dirs) {
+    spawnSync(process.execPath, [path.join(root, 'dist/supervisor/main.js'), 'stop', '--runtime-dir', d, '--timeout', '10000'], { stdio: 'inherit', timeout: 30000 });
+  }
+  for (const pid of readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
+    try {
+      if (/^(fuse2fs|fuse-svc-launch|sandbox-probe|service-server|service-client)/.test(readFileSync(`/proc/${pid}/comm`, 'utf8'))) process.kill(Number(pid), 'SIGKILL');
+    } catch {
+      /* gone */
+    }
+  }
+}
+
 const child = spawn(process.execPath, [uvu, 'dist/test', pattern], { cwd: root, stdio: ['ignore', 'pipe', 'inherit'] });
 let out = '';
 child.stdout.on('data', (d) => {
@@ -53,6 +81,7 @@ child.on('close', (code) => {
   if (left.length) {
     failed += 1;
     process.stdout.write(`\nleft behind by the tests (counted as one failure):\n  ${left.join('\n  ')}\n`);
+    if (!process.env.FUSE_SVC_TEST_KEEP) sweep();
   } else passed += 1; // the leak check itself
   process.stdout.write(`\n${passed} passed, ${failed} failed${skipped ? `, ${skipped} skipped` : ''}\n`);
   process.exit(failed > 0 || code !== 0 ? 1 : 0);
