@@ -999,6 +999,9 @@ export function processRecords(c: ServiceConfig): SpecRecord[] {
   return recs;
 }
 
+/** Where an ExecStart= program outside /usr appears inside the sandbox. */
+export const EXEC_DIR = '/run/fuse-svc-exec';
+
 export function serviceSpec(c: ServiceConfig, i: InstanceSpec): SpecRecord[] {
   const sp = (t: string) => expandSpecifiers(t, { name: i.unitName });
   const recs: SpecRecord[] = [['version', 1], ['id', i.id], ['rundir', i.runtimeDir], ['uid', i.uid], ['gid', i.uid]];
@@ -1019,9 +1022,12 @@ export function serviceSpec(c: ServiceConfig, i: InstanceSpec): SpecRecord[] {
     argv = i.probe.argv;
   } else {
     if (!c.execStart) throw new Error(`${c.file}: no ExecStart=`);
-    exec = sp(c.execStart.path);
+    const hostExec = sp(c.execStart.path);
     argv = c.execStart.argv.map((w) => expandEnv(sp(w), env));
-    if (!exec.startsWith('/usr/')) recs.push(['root_bind', exec, exec, 'ro']);
+    // /usr is in every root. A program elsewhere is bound read-only at a fixed place: its own
+    // path may run through what the sandbox replaces (/tmp, /var/tmp -> /tmp, /dev, /proc).
+    exec = hostExec.startsWith('/usr/') ? hostExec : `${EXEC_DIR}/${path.basename(hostExec)}`;
+    if (exec !== hostExec) recs.push(['root_bind', hostExec, exec, 'ro']);
   }
   for (const d of c.devicePolicy === 'strict' ? [] : BASE_DEVICES) if (existsSync(`/dev/${d}`)) recs.push(['dev', d]);
   recs.push(['tmp_size', i.tmpSize ?? 64 << 20], ['proc', 'invisible']);
