@@ -17,7 +17,8 @@
     {
       "target_name": "fusermount-standin",
       "type": "executable",
-      "sources": ["helper/native/fusermount-standin.c"]
+      "sources": ["helper/native/fusermount-standin.c"],
+      "ldflags": ["-static"]
     },
     {
       "target_name": "fuse-svc-client",

@@ -84,7 +84,9 @@ async function main(): Promise<void> {
     await execa('fusermount', ['-u', mnt]);
     await ex;
   }
-  const broker = await startBroker({ config: { rate_per_second: 100000, rate_burst: 100000 } });
+  // BENCH_CGROUPS=none measures without per-instance cgroups (their attach is most of the gap).
+  const cgroups = process.env.BENCH_CGROUPS === 'none' ? 'none' : 'auto';
+  const broker = await startBroker({ config: { rate_per_second: 100000, rate_burst: 100000, cgroups } });
   const client = new BrokerClient({ socket: broker.socket });
   try {
     const plain: number[] = [];
@@ -117,7 +119,7 @@ async function main(): Promise<void> {
     const mp = median(plain);
     const mb = median(brokered);
     const lines = [
-      `runs: ${N} interleaved cycles (mount, stat a file, unmount, server exited), ${os.cpus().length} cores, Linux ${os.release()}`,
+      `runs: ${N} interleaved cycles (mount, stat a file, unmount, server exited), ${os.cpus().length} cores, Linux ${os.release()}, instance cgroups: ${cgroups}`,
       `plain fuse2fs -f + stat + fusermount -u + wait: median ${mp.toFixed(2)} ms (p90 ${p(plain, 0.9).toFixed(2)})`,
       `plain daemonizing fuse2fs (exit not awaited):   median ${median(plainDaemon).toFixed(2)} ms (p90 ${p(plainDaemon, 0.9).toFixed(2)})`,
       `brokered (sandboxed) cycle:                     median ${mb.toFixed(2)} ms (p90 ${p(brokered, 0.9).toFixed(2)})`,

@@ -139,12 +139,12 @@ function limitFiles(h: Hierarchy, l: Limits): [string, string][] {
       files.push(['memory.memsw.limit_in_bytes', String(l.memoryMax)]); // no escape into swap
     }
     if (has('pids') && l.pidsMax) files.push(['pids.max', String(l.pidsMax)]);
-    // systemd's mapping: CPUWeight=100 (the default) is cpu.shares=1024.
-    if (has('cpu') && l.cpuWeight) files.push(['cpu.shares', String(Math.max(2, Math.round((l.cpuWeight * 1024) / 100)))]);
+    // systemd's mapping: CPUWeight=100 (the default) is cpu.shares=1024, i.e. no change.
+    if (has('cpu') && l.cpuWeight && l.cpuWeight !== 100) files.push(['cpu.shares', String(Math.max(2, Math.round((l.cpuWeight * 1024) / 100)))]);
   } else {
     if (has('memory') && l.memoryMax) files.push(['memory.max', String(l.memoryMax)], ['memory.swap.max', '0']);
     if (has('pids') && l.pidsMax) files.push(['pids.max', String(l.pidsMax)]);
-    if (has('cpu') && l.cpuWeight) files.push(['cpu.weight', String(Math.min(10000, Math.max(1, l.cpuWeight)))]);
+    if (has('cpu') && l.cpuWeight && l.cpuWeight !== 100) files.push(['cpu.weight', String(Math.min(10000, Math.max(1, l.cpuWeight)))]);
   }
   return files;
 }
@@ -161,6 +161,9 @@ export function instanceCgroups(cfg: Config, id: number, limits: Limits, live: I
   const pattern = namePattern(cfg.runtimeDir);
   const dirs: string[] = [];
   for (const h of hierarchies()) {
+    // Joining a cgroup costs the server's start-up a few ms per hierarchy (cgroup v1 and v2
+    // migrations wait for an RCU grace period): only where a limit actually applies.
+    if (limitFiles(h, limits).length === 0) continue;
     const parent = path.join(h.base, 'fuse-svc');
     const dir = path.join(parent, cgroupName(cfg.runtimeDir, id));
     try {

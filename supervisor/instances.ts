@@ -2,7 +2,7 @@
 // state files in RUNDIR/instances that make that possible. The launcher owns each server's
 // lifetime; the broker only starts instances, signals them through pidfds and reads their state.
 import { spawn } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, readdirSync, renameSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import * as sock from '../helper/native/socket.js';
 import { RequestError, isErrorCode, oneLine } from './protocol.js';
@@ -166,27 +166,34 @@ export type LaunchArgs = {
 
 /**
  * Spawns a launcher detached (its own session; it must outlive the broker) with an empty
- * environment, hands it the spec on fd 3 and waits for its one readiness line.
- * node:child_process is used rather than execa here because the launcher's fd layout
- * (spec pipe at 3, client descriptors at 4..6) is plain stdio plumbing.
+ * environment, hands it the spec on fd 3 and waits for its one readiness line. posix_spawn
+ * through the addon rather than child_process: Node's fork() costs milliseconds that grow
+ * with the broker's heap, on every mount.
  */
 export function spawnLauncher(a: LaunchArgs): { pid: number; ready: Promise<LaunchResult> } {
-  const logFd = openSync(a.logFile, 'a', 0o600);
-  let child;
+  const spec = renderSpec(a.spec);
+  const opened: number[] = [];
+  let readyRd = -1;
+  let pid: number;
   try {
-    child = spawn(a.launcher, ['instance'], {
-      stdio: ['ignore', 'pipe', logFd, 'pipe', ...a.fds],
-      detached: true,
-      env: {},
-    });
+    const logFd = openSync(a.logFile, 'a', 0o600);
+    opened.push(logFd);
+    const [specRd, specWr] = sock.pipe();
+    opened.push(specRd, specWr);
+    // The spec (at most 64 KiB, checked by renderSpec) fits the pipe: this write cannot block.
+    writeSync(specWr, spec);
+    closeSync(specWr);
+    opened.splice(opened.indexOf(specWr), 1);
+    const [rd, readyWr] = sock.pipe();
+    readyRd = rd;
+    opened.push(readyWr);
+    pid = sock.spawnDetached(a.launcher, [a.launcher, 'instance'], [-1, readyWr, logFd, specRd, ...a.fds]);
+  } catch (e) {
+    if (readyRd >= 0) closeSync(readyRd);
+    throw new RequestError('EINTERNAL', `cannot start the launcher ${a.launcher}: ${(e as Error).message}`);
   } finally {
-    closeSync(logFd);
+    for (const fd of opened) closeSync(fd);
   }
-  const pid = child.pid;
-  if (pid === undefined) throw new RequestError('EINTERNAL', `cannot start the launcher ${a.launcher}`);
-  const specStream = child.stdio[3] as NodeJS.WritableStream;
-  specStream.on('error', () => {});
-  specStream.end(renderSpec(a.spec));
   const ready = new Promise<LaunchResult>((resolve) => {
     let buf = '';
     let done = false;
@@ -194,16 +201,27 @@ export function spawnLauncher(a: LaunchArgs): { pid: number; ready: Promise<Laun
       if (done) return;
       done = true;
       clearTimeout(timer);
-      child.stdout?.destroy();
-      child.unref();
+      w.stop();
+      closeSync(readyRd);
       resolve(r);
     };
     const timer = setTimeout(() => {
       finish({ ok: false, code: 'ETIMEDOUT_SERVER', message: `no answer from the launcher within ${a.readyTimeoutMs} ms` });
     }, a.readyTimeoutMs);
-    child.stdout!.setEncoding('utf8');
-    child.stdout!.on('data', (d: string) => {
-      buf += d;
+    const chunk = Buffer.alloc(4096);
+    const w = sock.poll(readyRd, 'readable', () => {
+      let n: number;
+      try {
+        n = readSync(readyRd, chunk, 0, chunk.length, null);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'EAGAIN') return;
+        n = 0;
+      }
+      if (n === 0) {
+        finish({ ok: false, code: 'EINTERNAL', message: 'the launcher exited without a readiness line' });
+        return;
+      }
+      buf += chunk.toString('utf8', 0, n);
       const nl = buf.indexOf('\n');
       if (nl < 0) {
         if (buf.length > 4096) finish({ ok: false, code: 'EINTERNAL', message: 'the launcher wrote an overlong readiness line' });
@@ -214,8 +232,6 @@ export function spawnLauncher(a: LaunchArgs): { pid: number; ready: Promise<Laun
       else if (kind === 'error') finish({ ok: false, code: isErrorCode(f1) ? f1 : 'EINTERNAL', message: oneLine(f2 ?? 'launcher failed') });
       else finish({ ok: false, code: 'EINTERNAL', message: `the launcher wrote "${oneLine(buf.slice(0, nl), 80)}"` });
     });
-    child.stdout!.on('end', () => finish({ ok: false, code: 'EINTERNAL', message: 'the launcher exited without a readiness line' }));
-    child.on('error', (e) => finish({ ok: false, code: 'EINTERNAL', message: `cannot run the launcher: ${e.message}` }));
   });
   return { pid, ready };
 }
@@ -249,6 +265,13 @@ export function onPidfdExit(pidfd: number, cb: () => void): sock.Watcher {
     if (fired) return;
     fired = true;
     w.stop();
+    // Our own launchers are reaped here (spawnDetached children are unknown to Node);
+    // re-adopted ones are someone else's children and answer null.
+    try {
+      sock.pidfdReap(pidfd);
+    } catch {
+      /* not reapable: nothing to do */
+    }
     cb();
   });
   return w;

@@ -42,7 +42,8 @@ function buildConfig(a: RunArgs): Config {
   if (file) cfg = loadConfigFile(file, cfg);
   if (a['runtime-dir']) {
     cfg.runtimeDir = path.resolve(a['runtime-dir']);
-    if (!a.socket && !file) cfg.socket = path.join(cfg.runtimeDir, 'broker.sock');
+    // The socket follows the runtime directory unless it was named (flag or file).
+    if (!a.socket && cfg.socket === DEFAULTS.socket) cfg.socket = path.join(cfg.runtimeDir, 'broker.sock');
   }
   if (a.socket) cfg.socket = path.resolve(a.socket);
   if (a['socket-mode']) cfg.socketMode = parseMode(a['socket-mode']);

@@ -22,6 +22,8 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
+#include <signal.h>
+#include <spawn.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -35,6 +37,7 @@
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 /* Newer than Debian bookworm's headers. */
@@ -1028,6 +1031,161 @@ static napi_value DupCloexec(napi_env env, napi_callback_info info) {
     return make_int(env, copy);
 }
 
+
+/* ------------------------------------------------------------------------------ processes */
+
+#define SPAWN_MAX_ARGS 64
+#define SPAWN_MAX_FDS 16
+#define SPAWN_ARG_MAX 4096
+
+/*
+ * spawnDetached(path, args, fds) -> pid: posix_spawn (vfork-style, so the cost does not grow
+ * with the broker's heap as Node's fork() does) of `path` with argv `args`, an empty
+ * environment, its own session, default signal handling, and exactly the descriptors `fds`
+ * at 0, 1, 2, ... (-1 = /dev/null); every other descriptor is closed in the child. The
+ * caller reaps it (pidfdReap): Node does not know this child.
+ */
+static napi_value SpawnDetached(napi_env env, napi_callback_info info) {
+    napi_value argv[3];
+    char path[SPAWN_ARG_MAX], *args[SPAWN_MAX_ARGS + 1] = {0};
+    int fds[SPAWN_MAX_FDS], high[SPAWN_MAX_FDS];
+    uint32_t nargs, nfds;
+    bool too_long, is_array;
+    int err = 0;
+    pid_t pid = -1;
+    posix_spawn_file_actions_t fa;
+    posix_spawnattr_t at;
+    sigset_t none, all;
+    char *envp[] = {NULL};
+
+    if (!get_args(env, info, 3, argv) ||
+        !get_string(env, argv[0], "spawnDetached", "path", path, sizeof path, &too_long))
+        return NULL;
+    if (too_long)
+        return throw_range(env, "spawnDetached", "path is too long");
+    if (napi_is_array(env, argv[1], &is_array) != napi_ok || !is_array ||
+        napi_get_array_length(env, argv[1], &nargs) != napi_ok || nargs < 1 || nargs > SPAWN_MAX_ARGS)
+        return throw_type(env, "spawnDetached", "args must be an array of 1-64 strings");
+    if (napi_is_array(env, argv[2], &is_array) != napi_ok || !is_array ||
+        napi_get_array_length(env, argv[2], &nfds) != napi_ok || nfds < 3 || nfds > SPAWN_MAX_FDS)
+        return throw_type(env, "spawnDetached", "fds must be an array of 3-16 descriptors");
+    for (uint32_t i = 0; i < nargs; i++) {
+        napi_value v;
+        char buf[SPAWN_ARG_MAX];
+        napi_get_element(env, argv[1], i, &v);
+        if (!get_string(env, v, "spawnDetached", "args[i]", buf, sizeof buf, &too_long))
+            goto out_args;
+        if (too_long) {
+            throw_range(env, "spawnDetached", "an argument is too long");
+            goto out_args;
+        }
+        args[i] = strdup(buf);
+        if (!args[i]) {
+            throw_errno(env, "strdup", ENOMEM);
+            goto out_args;
+        }
+    }
+    for (uint32_t i = 0; i < nfds; i++) {
+        napi_value v;
+        int64_t x;
+        napi_get_element(env, argv[2], i, &v);
+        if (!get_int(env, v, "spawnDetached", "fds[i]", -1, INT_MAX, &x))
+            goto out_args;
+        fds[i] = (int)x;
+        high[i] = -1;
+    }
+    /* Move every source above the target range first, so no dup2 overwrites a source that a
+     * later one still needs. */
+    for (uint32_t i = 0; i < nfds; i++) {
+        if (fds[i] < 0)
+            continue;
+        high[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, SPAWN_MAX_FDS);
+        if (high[i] < 0) {
+            throw_errno(env, "fcntl(F_DUPFD_CLOEXEC)", errno);
+            goto out_fds;
+        }
+    }
+    posix_spawn_file_actions_init(&fa);
+    posix_spawnattr_init(&at);
+    for (uint32_t i = 0; i < nfds && !err; i++) {
+        if (high[i] >= 0)
+            err = posix_spawn_file_actions_adddup2(&fa, high[i], (int)i);
+        else
+            err = posix_spawn_file_actions_addopen(&fa, (int)i, "/dev/null", O_RDWR, 0);
+    }
+    if (!err)
+        err = posix_spawn_file_actions_addclosefrom_np(&fa, (int)nfds);
+    sigemptyset(&none);
+    sigfillset(&all);
+    if (!err)
+        err = posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    if (!err)
+        err = posix_spawnattr_setsigmask(&at, &none);
+    if (!err)
+        err = posix_spawnattr_setsigdefault(&at, &all);
+    if (!err)
+        err = posix_spawn(&pid, path, &fa, &at, args, envp);
+    posix_spawn_file_actions_destroy(&fa);
+    posix_spawnattr_destroy(&at);
+    if (err)
+        throw_errno(env, "posix_spawn", err);
+out_fds:
+    for (uint32_t i = 0; i < nfds; i++)
+        if (high[i] >= 0)
+            close(high[i]);
+out_args:
+    for (uint32_t i = 0; i < nargs && i < SPAWN_MAX_ARGS; i++)
+        free(args[i]);
+    if (pid < 0)
+        return NULL;
+    return make_int(env, pid);
+}
+
+/* pipe() -> [readEnd, writeEnd], both close-on-exec. */
+static napi_value Pipe(napi_env env, napi_callback_info info) {
+    int p[2];
+    napi_value arr;
+    (void)info;
+    if (pipe2(p, O_CLOEXEC) < 0)
+        return throw_errno(env, "pipe2", errno);
+    NAPI_OK(napi_create_array_with_length(env, 2, &arr));
+    NAPI_OK(napi_set_element(env, arr, 0, make_int(env, p[0])));
+    NAPI_OK(napi_set_element(env, arr, 1, make_int(env, p[1])));
+    return arr;
+}
+
+/*
+ * pidfdReap(pidfd) -> {code, signal} | null: waitid(P_PIDFD, WEXITED|WNOHANG) on a child that
+ * spawnDetached started; null while it runs, or when it is not our child (ECHILD: a launcher
+ * re-adopted from a previous broker, reaped by whoever is its parent now).
+ */
+static napi_value PidfdReap(napi_env env, napi_callback_info info) {
+    napi_value argv[1], out;
+    int pidfd;
+    siginfo_t si;
+    if (!get_args(env, info, 1, argv) || !get_fd(env, argv[0], "pidfdReap", "pidfd", &pidfd))
+        return NULL;
+    memset(&si, 0, sizeof si);
+    if (waitid((idtype_t)3 /* P_PIDFD */, (id_t)pidfd, &si, WEXITED | WNOHANG) < 0) {
+        if (errno == ECHILD) {
+            napi_get_null(env, &out);
+            return out;
+        }
+        return throw_errno(env, "waitid(P_PIDFD)", errno);
+    }
+    if (si.si_pid == 0) {
+        napi_get_null(env, &out);
+        return out;
+    }
+    NAPI_OK(napi_create_object(env, &out));
+    if (!set_int(env, out, "code", si.si_code == CLD_EXITED ? si.si_status : -1) ||
+        !set_int(env, out, "signal", si.si_code == CLD_EXITED ? 0 : si.si_status)) {
+        throw_napi_failure(env, "napi_set_named_property");
+        return NULL;
+    }
+    return out;
+}
+
 /* ------------------------------------------------------------------------------ module */
 
 static napi_value Init(napi_env env, napi_value exports) {
@@ -1043,6 +1201,7 @@ static napi_value Init(napi_env env, napi_value exports) {
         {"pidfdIsAlive", PidfdIsAlive},
         {"fdInfo", FdInfo}, {"statxMount", StatxMount}, {"openat", Openat},
         {"fstatfs", Fstatfs}, {"flock", Flock}, {"dupCloexec", DupCloexec},
+        {"spawnDetached", SpawnDetached}, {"pipe", Pipe}, {"pidfdReap", PidfdReap},
     };
     static const struct {
         const char *name;

@@ -137,6 +137,9 @@ interface Native {
   fstatfs(fd: number): StatfsInfo;
   flock(fd: number, exclusive: boolean, nonblock: boolean): boolean;
   dupCloexec(fd: number): number;
+  spawnDetached(path: string, args: string[], fds: number[]): number;
+  pipe(): [number, number];
+  pidfdReap(pidfd: number): { code: number; signal: number } | null;
   constants: Constants;
 }
 
@@ -313,4 +316,24 @@ export function flock(fd: number, exclusive: boolean, nonblock: boolean): boolea
 /** fcntl(F_DUPFD_CLOEXEC, 3). */
 export function dupCloexec(fd: number): number {
   return native.dupCloexec(fd);
+}
+
+/**
+ * Starts `path` with argv `args` (args[0] included), an empty environment, its own session,
+ * default signal handling and exactly `fds` at 0, 1, 2… (-1: /dev/null); nothing else is
+ * inherited. posix_spawn, so the cost does not grow with the caller's heap as fork() does.
+ * The caller must reap it with pidfdReap once its pidfd is readable.
+ */
+export function spawnDetached(path: string, args: string[], fds: number[]): number {
+  return native.spawnDetached(path, args, fds);
+}
+
+/** A close-on-exec pipe: [readEnd, writeEnd]. */
+export function pipe(): [number, number] {
+  return native.pipe();
+}
+
+/** Reaps an exited child started by spawnDetached; null if it still runs or is not ours. */
+export function pidfdReap(pidfd: number): { code: number; signal: number } | null {
+  return native.pidfdReap(pidfd);
 }
