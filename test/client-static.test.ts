@@ -10,25 +10,14 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import {
-  chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync,
+  chmodSync, copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { ERRORS } from '../supervisor/protocol.js';
-import { makeDir, makeImage, newCaller, startBroker, tmpdir as harnessTmpdir, type Broker, type Caller } from './lib/harness.js';
+import { ROOT, makeDir, makeImage, newCaller, startBroker, tmpdir as harnessTmpdir, type Broker, type Caller } from './lib/harness.js';
 
-function projectRoot(): string {
-  let d = dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(join(d, 'binding.gyp'))) {
-    const up = dirname(d);
-    if (up === d) throw new Error('project root (binding.gyp) not found');
-    d = up;
-  }
-  return d;
-}
-const ROOT = projectRoot();
 const CLIENT = process.env.FUSE_SVC_TEST_CLIENT ?? join(ROOT, 'build/Release/fuse-svc-client');
 const dir = mkdtempSync(join(tmpdir(), 'fuse-svc-client-test-'));
 const servers: ChildProcess[] = [];

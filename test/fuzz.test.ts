@@ -9,21 +9,11 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
+import { ROOT } from './lib/harness.js';
 
-function projectRoot(): string {
-  let d = dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(join(d, 'binding.gyp'))) {
-    const up = dirname(d);
-    if (up === d) throw new Error('project root (binding.gyp) not found');
-    d = up;
-  }
-  return d;
-}
-const ROOT = projectRoot();
 const CORPUS = join(ROOT, 'test/fuzz/corpus/json');
 const FUZZ_SECONDS = Number(process.env.FUSE_SVC_FUZZ_SECONDS ?? 20);
 const dir = mkdtempSync(join(tmpdir(), 'fuse-svc-fuzz-'));

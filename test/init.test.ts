@@ -10,20 +10,11 @@ import * as assert from 'uvu/assert';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
+import { ROOT } from './lib/harness.js';
 
-function projectRoot(): string {
-  let d = dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(join(d, 'binding.gyp'))) {
-    const up = dirname(d);
-    if (up === d) throw new Error('project root (binding.gyp) not found');
-    d = up;
-  }
-  return d;
-}
 
-const LAUNCHER = process.env.FUSE_SVC_TEST_LAUNCHER ?? join(projectRoot(), 'build/Release/fuse-svc-launcher');
+const LAUNCHER = process.env.FUSE_SVC_TEST_LAUNCHER ?? join(ROOT, 'build/Release/fuse-svc-launcher');
 const dir = mkdtempSync(join(tmpdir(), 'fuse-svc-init-test-'));
 const started: ChildProcess[] = [];
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
