@@ -7,6 +7,7 @@ import { closeSync, openSync, rmSync, symlinkSync } from 'node:fs';
 import path from 'node:path';
 import * as sock from '../helper/native/socket.js';
 import { ERRORS } from '../supervisor/protocol.js';
+import { rawRequest } from './lib/raw.js';
 import { ROOT, clientArgs, fdCount, instanceProcesses, makeDir, makeImage, newCaller, sleep, startBroker, tmpdir, waitFor, type Broker, type Caller } from './lib/harness.js';
 
 const s = suite('hostile requests');
@@ -36,28 +37,7 @@ s.after(async () => {
 });
 
 /** Sends raw bytes and descriptors; resolves with the parsed reply, or 'closed'. */
-async function raw(data: Buffer | string, fds: number[] = []): Promise<{ ok: boolean; code?: string; message?: string } | 'closed'> {
-  const fd = sock.connectSeqpacket(broker.socket);
-  try {
-    sock.send(fd, typeof data === 'string' ? Buffer.from(data) : data, fds);
-    return await new Promise((resolve, reject) => {
-      const t = setTimeout(() => {
-        w.stop();
-        reject(new Error('no reply within 10 s'));
-      }, 10000);
-      const w = sock.poll(fd, 'readable', () => {
-        const r = sock.recv(fd, 65536, 4);
-        if (!r) return;
-        clearTimeout(t);
-        w.stop();
-        for (const x of r.fds) sock.close(x);
-        resolve(r.eof ? 'closed' : JSON.parse(r.data.toString()));
-      });
-    });
-  } finally {
-    sock.close(fd);
-  }
-}
+const raw = (data: Buffer | string, fds: number[] = []) => rawRequest(broker.socket, data, fds);
 
 async function expectCode(what: string, data: Buffer | string, fds: number[], code: keyof typeof ERRORS): Promise<void> {
   const r = await raw(data, fds);

@@ -9,6 +9,7 @@ import path from 'node:path';
 import * as sock from '../../helper/native/socket.js';
 import { BrokerClient } from '../../helper/client.js';
 import { RequestError } from '../../supervisor/protocol.js';
+import { rawRequest } from './raw.js';
 
 const [socket, dir, totalArg, clientsArg] = process.argv.slice(2);
 const TOTAL = Number(totalArg);
@@ -17,36 +18,7 @@ const client = new BrokerClient({ socket, timeoutMs: 30000 });
 
 type Reply = { ok: boolean; code?: string; message?: string; id?: number };
 
-async function raw(data: Buffer | string, fds: number[] = []): Promise<Reply | 'closed'> {
-  const fd = sock.connectSeqpacket(socket);
-  try {
-    sock.send(fd, typeof data === 'string' ? Buffer.from(data) : data, fds);
-    return await new Promise((resolve, reject) => {
-      const t = setTimeout(() => {
-        w.stop();
-        reject(new Error('no reply within 30 s'));
-      }, 30000);
-      const w = sock.poll(fd, 'readable', () => {
-        let r: sock.Received | null;
-        try {
-          r = sock.recv(fd, 65536, 4);
-        } catch (e) {
-          clearTimeout(t);
-          w.stop();
-          resolve({ ok: false, code: `recv: ${(e as NodeJS.ErrnoException).code}` });
-          return;
-        }
-        if (!r) return;
-        clearTimeout(t);
-        w.stop();
-        for (const x of r.fds) sock.close(x);
-        resolve(r.eof ? 'closed' : JSON.parse(r.data.toString()));
-      });
-    });
-  } finally {
-    sock.close(fd);
-  }
-}
+const raw = (data: Buffer | string, fds: number[] = []): Promise<Reply | 'closed'> => rawRequest(socket, data, fds, 30000);
 
 const mountBody = (extra: Record<string, unknown> = {}) => JSON.stringify({ v: 1, op: 'mount', fstype: 'ext4', options: 'ro', fds: ['source', 'target'], ...extra });
 
