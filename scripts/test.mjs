@@ -19,7 +19,15 @@ function leftovers() {
     } catch {
       continue;
     }
-    if (/^(fuse2fs|fuse-svc-launch|sandbox-probe|service-server|service-client)/.test(comm)) found.push(`process ${pid} ${comm}`);
+    // A zombie holds nothing but its pid; this machine's PID 1 reaps orphans late.
+    let zombie = false;
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      zombie = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) === 'Z';
+    } catch {
+      continue;
+    }
+    if (!zombie && /^(fuse2fs|fuse-svc-launch|sandbox-probe|service-server|service-client)/.test(comm)) found.push(`process ${pid} ${comm}`);
     try {
       for (const line of readFileSync(`/proc/${pid}/mountinfo`, 'utf8').split('\n')) {
         const f = line.split(' - ');

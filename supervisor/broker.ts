@@ -4,9 +4,10 @@ import { chmodSync, chownSync, existsSync, lstatSync, readFileSync, readlinkSync
 import path from 'node:path';
 import * as sock from '../helper/native/socket.js';
 import type { Config } from './config.js';
-import { InstanceDir, type Instance, type InstanceRecord, onPidfdExit, runWithFds, openLauncherPidfd, processStartTime, signalLauncher, spawnLauncher, waitPidfd } from './instances.js';
+import { InstanceDir, type Instance, type InstanceRecord, type LaunchResult, onPidfdExit, runWithFds, openLauncherPidfd, processStartTime, signalLauncher, spawnLauncher, waitPidfd } from './instances.js';
 import { mountSpec } from './launch-spec.js';
-import { instanceCgroups } from './cgroups.js';
+import { cgroupName, instanceCgroups, removeCgroups } from './cgroups.js';
+import { LauncherPool } from './pool.js';
 import { log } from './log.js';
 import { callerGroups, checkSource, checkTarget, fsnameFor, parseMountOptions, type Caller } from './policy.js';
 import { MAX_FDS, MAX_MESSAGE_BYTES, RequestError, decodeRequest, encodeReply, errorReply, oneLine, type MountRequest, type Reply, type Request, type UnmountRequest } from './protocol.js';
@@ -33,6 +34,8 @@ export class Broker {
   private readonly buckets = new Map<number, { tokens: number; at: number }>();
   private readonly launcher: string;
   private readonly standin: string;
+  /** Launchers started ahead of requests, per server definition. */
+  private readonly pools = new Map<string, LauncherPool>();
 
   constructor(
     readonly cfg: Config,
@@ -48,6 +51,18 @@ export class Broker {
   start(): void {
     this.adopt();
     this.listen();
+    if (this.cfg.poolSize > 0) {
+      for (const server of new Set(this.servers.values())) {
+        const pool = new LauncherPool(this.launcher, this.dir, this.cfg.poolSize, (poolId) => instanceCgroups(this.cfg, poolId, server.cgroup, this.liveIds()));
+        this.pools.set(server.name, pool);
+        pool.fill();
+      }
+    }
+  }
+
+  /** Ids whose cgroups must survive a sweep: live instances and pooled launchers. */
+  private liveIds(): number[] {
+    return [...this.instances.keys(), ...[...this.pools.values()].flatMap((p) => p.ids())];
   }
 
   private listen(): void {
@@ -63,8 +78,8 @@ export class Broker {
     log.info(`listening on ${p} (mode ${this.cfg.socketMode.toString(8).padStart(4, '0')}${this.cfg.socketGroup ? `, group ${this.cfg.socketGroup}` : ''}); ${this.liveCount()} live instance(s)`);
   }
 
-  /** Stops accepting and closes the socket; live instances keep running. */
-  close(): void {
+  /** Stops accepting and closes the socket; live instances keep running; idle pooled launchers end. */
+  close(): Promise<void> {
     this.stopping = true;
     this.listenWatcher?.stop();
     if (this.listenFd >= 0) {
@@ -77,11 +92,13 @@ export class Broker {
       }
     }
     for (const c of this.conns) this.finish(c);
+    const pools = [...this.pools.values()].map((p) => p.close());
     for (const inst of this.instances.values()) {
       inst.watcher?.stop();
       if (inst.pidfd >= 0) sock.close(inst.pidfd);
       inst.pidfd = -1;
     }
+    return Promise.all(pools).then(() => undefined);
   }
 
   liveCount(): number {
@@ -229,28 +246,43 @@ export class Broker {
         started_at: Date.now(),
       };
       this.dir.writeRecord(rec);
-      // Per-instance cgroups (supervisor/cgroups.ts); the launcher joins and removes them.
-      const cgroup = instanceCgroups(this.cfg, id, server.cgroup, this.instances.keys());
-      const spec = mountSpec({
-        id,
-        runtimeDir: this.cfg.runtimeDir,
-        uid,
-        server,
-        policyDir: this.cfg.policyDir,
-        standin: this.standin,
-        callerUid: caller.uid,
-        callerGid: caller.gid,
-        readOnly: opts.readOnly,
-        serverOptions: opts.serverOptions,
-        maxRead: opts.maxRead,
-        fsname: fsnameFor(req.sourceName),
-        fstype: req.fstype,
-        cgroup,
-      });
+      const specFor = (cgroup: string[], cgroupJoined: boolean) =>
+        mountSpec({
+          id,
+          runtimeDir: this.cfg.runtimeDir,
+          uid,
+          server,
+          policyDir: this.cfg.policyDir,
+          standin: this.standin,
+          callerUid: caller.uid,
+          callerGid: caller.gid,
+          readOnly: opts.readOnly,
+          serverOptions: opts.serverOptions,
+          maxRead: opts.maxRead,
+          fsname: fsnameFor(req.sourceName),
+          fstype: req.fstype,
+          cgroup,
+          cgroupJoined,
+        });
       const tSpawn = performance.now();
-      const { pid, ready } = spawnLauncher({ launcher: this.launcher, spec, fds: [sourceFd, targetFd, caller.pidfd], logFile: this.dir.file(id, 'log'), readyTimeoutMs: server.readyTimeoutMs + 5000 });
-      // Our unreaped child: its pid cannot be reused yet, so this pidfd is the launcher's.
-      const pidfd = sock.pidfdOpen(pid);
+      const fds = [sourceFd, targetFd, caller.pidfd];
+      const readyTimeoutMs = server.readyTimeoutMs + 5000;
+      // A pooled launcher (already in its cgroups) if one is ready, else a new one.
+      const pool = this.pools.get(server.name);
+      const claimed = pool?.claim((cg) => specFor(cg, true), fds, this.dir.file(id, 'log'), readyTimeoutMs, cgroupName(this.cfg.runtimeDir, id));
+      let pid: number;
+      let pidfd: number;
+      let ready: Promise<LaunchResult>;
+      if (claimed) {
+        ({ pid, pidfd, ready } = claimed);
+        rec.cgroups_to_remove = claimed.cgroups;
+      } else {
+        // Per-instance cgroups (supervisor/cgroups.ts); this launcher joins and removes them.
+        const cgroup = instanceCgroups(this.cfg, id, server.cgroup, this.liveIds());
+        ({ pid, ready } = spawnLauncher({ launcher: this.launcher, spec: specFor(cgroup, false), fds, logFile: this.dir.file(id, 'log'), readyTimeoutMs }));
+        // Our unreaped child: its pid cannot be reused yet, so this pidfd is the launcher's.
+        pidfd = sock.pidfdOpen(pid);
+      }
       rec.launcher_pid = pid;
       rec.launcher_start = processStartTime(pid);
       this.dir.writeRecord(rec);
@@ -258,7 +290,8 @@ export class Broker {
       const tSpawned = performance.now();
       const r = await ready;
       if (r.ok) {
-        log.debug(`instance ${id}: spawn ${(tSpawned - tSpawn).toFixed(1)} ms, launcher ready after ${(performance.now() - tSpawned).toFixed(1)} ms`);
+        log.debug(`instance ${id}: ${claimed ? 'pooled launcher' : 'spawn'} ${(tSpawned - tSpawn).toFixed(1)} ms, launcher ready after ${(performance.now() - tSpawned).toFixed(1)} ms`);
+        setImmediate(() => pool?.fill());
         rec.mnt_id = r.mntId;
         rec.mnt_id_old = r.mntIdOld;
         this.dir.writeRecord(rec);
@@ -272,6 +305,7 @@ export class Broker {
         };
       }
       // A failed start: make sure the launcher is gone before the uid and id are forgotten.
+      setImmediate(() => pool?.fill());
       signalLauncher(pidfd);
       await inst.ended;
       this.forget(inst);
@@ -306,6 +340,7 @@ export class Broker {
     safeClose(inst.pidfd);
     inst.pidfd = -1;
     this.uids.release(inst.rec.uid);
+    if (inst.rec.cgroups_to_remove?.length) removeCgroupsSoon(inst.rec.cgroups_to_remove);
     if (wasRunning) {
       const how = inst.status.exit_signal ? `killed by signal ${inst.status.exit_signal}` : `exit status ${inst.status.exit_code ?? '?'}`;
       log.info(`instance ${inst.rec.id}: ${inst.rec.source} on ${inst.rec.target} (uid ${inst.rec.owner_uid}) ended: ${inst.status.reason ?? 'server exited'}, server ${how}${inst.orphaned ? '' : '; mount detached'}, sandbox uid ${inst.rec.uid} released`);
@@ -463,6 +498,16 @@ function callerMountinfo(pidfd: number): string[] | undefined {
   } catch {
     return undefined;
   }
+}
+
+/**
+ * Removes the cgroups a pooled launcher sat in, once it exited. The kernel takes exiting
+ * tasks out of their cgroups a moment after the pidfd says they are gone: retry briefly.
+ */
+function removeCgroupsSoon(dirs: string[], tries = 20): void {
+  removeCgroups(dirs);
+  const left = dirs.filter((d) => existsSync(d));
+  if (left.length && tries > 0) setTimeout(() => removeCgroupsSoon(left, tries - 1), 50).unref();
 }
 
 function groupId(g: string): number {

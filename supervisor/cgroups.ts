@@ -240,7 +240,8 @@ export function existingInstanceCgroups(runtimeDir: string): string[] {
   for (const h of discoverHierarchies()) {
     const parent = path.join(h.base, 'fuse-svc');
     try {
-      for (const n of readdirSync(parent)) if (pattern.test(n)) out.push(path.join(parent, n));
+      // Not those of idle pooled launchers (ids from 1e9, supervisor/pool.ts): stock, not instances.
+      for (const n of readdirSync(parent)) if (pattern.test(n) && Number(pattern.exec(n)![1]) < 1_000_000_000) out.push(path.join(parent, n));
     } catch {
       /* none */
     }

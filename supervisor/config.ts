@@ -32,6 +32,8 @@ export type Config = {
   /** cgroup handling for instances. */
   cgroups: 'auto' | 'none';
   publishClient: boolean;
+  /** Launchers started ahead of requests (0: spawn one per request). */
+  poolSize: number;
 };
 
 export const DEFAULTS: Readonly<Config> = Object.freeze({
@@ -51,6 +53,7 @@ export const DEFAULTS: Readonly<Config> = Object.freeze({
   procSource: 'auto' as const,
   cgroups: 'auto' as const,
   publishClient: true,
+  poolSize: 1,
 });
 
 export class ConfigError extends Error {
@@ -77,6 +80,7 @@ const FILE_KEYS: Record<string, (v: unknown, where: string) => Partial<Config>> 
   proc_source: (v, w) => ({ procSource: oneOf(v, w, ['auto', 'none'] as const) }),
   cgroups: (v, w) => ({ cgroups: oneOf(v, w, ['auto', 'none'] as const) }),
   publish_client: (v, w) => ({ publishClient: bool(v, w) }),
+  pool_size: (v, w) => ({ poolSize: int(v, w, 0, 64) }),
 };
 
 /** Reads the JSON config file (all keys optional) on top of `base`. */

@@ -28,6 +28,8 @@ export type InstanceRecord = {
   mnt_id_old?: string;
   /** The target as the kernel prints the caller's descriptor, at mount time. */
   target_path?: string;
+  /** Instance cgroups a pooled launcher sat in itself: the broker removes them after it. */
+  cgroups_to_remove?: string[];
 };
 
 export type InstanceState = {
@@ -194,7 +196,15 @@ export function spawnLauncher(a: LaunchArgs): { pid: number; ready: Promise<Laun
   } finally {
     for (const fd of opened) closeSync(fd);
   }
-  const ready = new Promise<LaunchResult>((resolve) => {
+  return { pid, ready: readReady(readyRd, a.readyTimeoutMs) };
+}
+
+/**
+ * Waits for a launcher's one readiness line on readyRd (the read end of its fd 1), at most
+ * timeoutMs; closes readyRd when done.
+ */
+export function readReady(readyRd: number, timeoutMs: number): Promise<LaunchResult> {
+  return new Promise<LaunchResult>((resolve) => {
     let buf = '';
     let done = false;
     const finish = (r: LaunchResult) => {
@@ -206,8 +216,8 @@ export function spawnLauncher(a: LaunchArgs): { pid: number; ready: Promise<Laun
       resolve(r);
     };
     const timer = setTimeout(() => {
-      finish({ ok: false, code: 'ETIMEDOUT_SERVER', message: `no answer from the launcher within ${a.readyTimeoutMs} ms` });
-    }, a.readyTimeoutMs);
+      finish({ ok: false, code: 'ETIMEDOUT_SERVER', message: `no answer from the launcher within ${timeoutMs} ms` });
+    }, timeoutMs);
     const chunk = Buffer.alloc(4096);
     const w = sock.poll(readyRd, 'readable', () => {
       let n: number;
@@ -233,7 +243,6 @@ export function spawnLauncher(a: LaunchArgs): { pid: number; ready: Promise<Laun
       else finish({ ok: false, code: 'EINTERNAL', message: `the launcher wrote "${oneLine(buf.slice(0, nl), 80)}"` });
     });
   });
-  return { pid, ready };
 }
 
 /**

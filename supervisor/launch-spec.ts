@@ -57,6 +57,8 @@ export type MountInstance = {
   fstype: string;
   /** Instance cgroup directories, one per hierarchy (supervisor/cgroups.ts). */
   cgroup?: string | string[];
+  /** A pooled launcher joined `cgroup` already (docs/launcher.md, cgroup_joined). */
+  cgroupJoined?: boolean;
 };
 
 /** The spec of one brokered mount: mount + sandbox + server. */
@@ -86,6 +88,7 @@ export function mountSpec(m: MountInstance): SpecRecord[] {
   if (m.maxRead !== undefined) recs.push(['mount_max_read', m.maxRead]);
   recs.push(['fuse_fd', SERVER_FUSE_FD], ['source_sentinel', SOURCE_SENTINEL]);
   recs.push(...sandboxRoot(s, m.standin, m.cgroup));
+  if (m.cgroupJoined) recs.push(['cgroup_joined', 1]);
   recs.push(['root_dir', SERVER_MOUNTPOINT], ['root_file', SOURCE_SENTINEL]);
   recs.push(['env', 'PATH=/usr/bin:/bin'], ['env', `FUSE_SVC_FUSE_FD=${SERVER_FUSE_FD}`], ['cwd', '/']);
   recs.push(['exec', s.exec], ...s.argv.map((a) => ['arg', subst(a)]));

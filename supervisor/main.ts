@@ -116,10 +116,11 @@ async function run(a: RunArgs): Promise<void> {
     if (exiting) return;
     exiting = true;
     log.info(`${sig}: exiting; ${broker.liveCount()} live mount(s) keep running (full stop: fuse-svcd stop)`);
-    broker.close();
+    const closed = broker.close();
     units?.close();
     rmSync(path.join(cfg.runtimeDir, 'broker.pid'), { force: true });
-    process.exit(0);
+    // Idle pooled launchers end when their sockets close: reap them before leaving.
+    void closed.then(() => process.exit(0));
   };
   process.on('SIGTERM', () => exit('SIGTERM'));
   process.on('SIGINT', () => exit('SIGINT'));

@@ -155,6 +155,7 @@ struct spec {
 	size_t nrules;
 	long long stop_timeout_ms, ready_timeout_ms;
 	bool listen_env;
+	bool cgroup_joined;     /* pooled: the launcher itself joined S.cgroups before the request */
 };
 
 static struct spec S = {
@@ -365,6 +366,9 @@ static void cgroup_limits_reason(char *out, size_t size)
  */
 static void cgroups_remove(void)
 {
+	/* A pooled launcher sits in them itself until it exits: the broker removes them after. */
+	if (S.cgroup_joined)
+		return;
 	for (size_t i = 0; i < S.ncgroups; i++) {
 		int tries = 0;
 		while (rmdir(S.cgroups[i]) < 0) {
@@ -653,7 +657,7 @@ static void spec_record(char **f, unsigned n)
 	static struct {
 		bool id, rundir, uid, gid, mount, fsname, subtype, owner, readonly, max_read, fuse_fd,
 			sentinel, root_usr, root_bin, tmp_size, proc, proc_source, hostname, umask, oom,
-			nnp, cwd, exec, seccomp_default, stop, ready, listen_env;
+			nnp, cwd, exec, seccomp_default, stop, ready, listen_env, cgroup_joined;
 	} seen;
 	const char *k = f[0];
 #define NF(min, max)                                                            \
@@ -834,6 +838,9 @@ static void spec_record(char **f, unsigned n)
 	} else if (!strcmp(k, "listen_env")) {
 		NF(1, 1); ONCE(listen_env);
 		S.listen_env = spec_bool(f[1]);
+	} else if (!strcmp(k, "cgroup_joined")) {
+		NF(1, 1); ONCE(cgroup_joined);
+		S.cgroup_joined = spec_bool(f[1]);
 	} else {
 		spec_error("unknown key: %s", k);
 	}
@@ -873,6 +880,9 @@ static void spec_check(void)
 	}
 }
 
+static void spec_parse(char *buf, size_t len);
+static void write_proc_file(int procdir, const char *name, const char *text);
+
 static void spec_read(int fd)
 {
 	char *buf = xrealloc(NULL, SPEC_MAX + 1);
@@ -890,6 +900,72 @@ static void spec_read(int fd)
 			spec_error("spec larger than %d bytes", SPEC_MAX);
 	}
 	close(fd);
+	spec_parse(buf, len);
+}
+
+/*
+ * Pooled: the spec arrives later, as one SOCK_SEQPACKET message on fd 3 with the request's
+ * descriptors attached; they are placed at 4, 5, 6... in order, where the spec's `fd` records
+ * expect them. EOF (the broker closed the pool) ends the launcher quietly: it never started.
+ */
+static void spec_receive(int fd)
+{
+	char *buf = xrealloc(NULL, SPEC_MAX + 1);
+	union {
+		struct cmsghdr h;
+		char b[CMSG_SPACE(sizeof(int) * 8)];
+	} cm;
+	struct iovec iov = {.iov_base = buf, .iov_len = SPEC_MAX + 1};
+	struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.b, .msg_controllen = sizeof cm.b};
+	ssize_t r;
+	do
+		r = recvmsg(fd, &mh, MSG_CMSG_CLOEXEC);
+	while (r < 0 && errno == EINTR);
+	if (r < 0)
+		spec_error("recvmsg(spec fd 3): %s", strerror(errno));
+	if (r == 0)
+		_exit(0);
+	if (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC))
+		spec_error("spec message truncated");
+	int next = 4;
+	for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+			continue;
+		size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+		for (size_t j = 0; j < k; j++) {
+			int got;
+			memcpy(&got, CMSG_DATA(c) + j * sizeof(int), sizeof got);
+			/* dup2 leaves the copy without CLOEXEC, as an inherited descriptor would be */
+			if (got != next && dup2(got, next) < 0)
+				spec_error("dup2(received fd, %d): %s", next, strerror(errno));
+			if (got != next)
+				close(got);
+			else if (fcntl(next, F_SETFD, 0) < 0)
+				spec_error("fcntl(%d, F_SETFD): %s", next, strerror(errno));
+			next++;
+		}
+	}
+	close(fd);
+	spec_parse(buf, (size_t)r);
+}
+
+/* Pooled: join the instance cgroups now, before any request, so the slow migration (an RCU
+ * grace period per hierarchy) is off the mount's path; every child inherits them. */
+static void join_cgroups_early(char **dirs, size_t n)
+{
+	char text[32];
+	snprintf(text, sizeof text, "%d", (int)getpid());
+	for (size_t i = 0; i < n; i++) {
+		int fd = open(dirs[i], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (fd < 0)
+			die_errno("ESANDBOX", "open(%s)", dirs[i]);
+		write_proc_file(fd, "cgroup.procs", text);
+		close(fd);
+	}
+}
+
+static void spec_parse(char *buf, size_t len)
+{
 	buf[len] = '\0';
 	if (memchr(buf, '\0', len))
 		spec_error("NUL byte in spec");
@@ -1722,8 +1798,9 @@ static void configure_child(pid_t pid)
 	close(procdir);
 	for (size_t i = 0; i < S.nrlimits; i++)
 		set_rlimit(pid, &S.rlimits[i]);
-	/* One directory per hierarchy (cgroup v1 controllers, cgroup2): join them all. */
-	for (size_t i = 0; i < S.ncgroups; i++) {
+	/* One directory per hierarchy (cgroup v1 controllers, cgroup2): join them all (a pooled
+	 * launcher is in them already, and the child inherited them at clone). */
+	for (size_t i = 0; i < S.ncgroups && !S.cgroup_joined; i++) {
 		int fd = open(S.cgroups[i], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 		if (fd < 0)
 			die_errno("ESANDBOX", "open(%s)", S.cgroups[i]);
@@ -2444,14 +2521,24 @@ static noreturn void event_loop(void)
 
 /* ---------------------------------------------------------------------------------------- */
 
-static int instance_main(void)
+static int instance_main(bool pooled, char **cgroups, size_t ncgroups)
 {
 	/* Privileged until the end: nobody (not even root without CAP_SYS_PTRACE) may ptrace us,
 	 * read our memory or environment, or take fds from /proc/PID/fd. Inherited by every
 	 * child; the sandbox child sets it again after its credential change. */
 	if (prctl(PR_SET_DUMPABLE, 0) < 0)
 		die_errno("EINTERNAL", "prctl(PR_SET_DUMPABLE)");
-	spec_read(3);
+	if (pooled) {
+		join_cgroups_early(cgroups, ncgroups);
+		/* Tell the broker we are in our cgroups: only now may it rename them and use us. */
+		if (send(3, "joined", 6, MSG_NOSIGNAL) != 6)
+			_exit(0); /* the broker is gone already */
+		spec_receive(3);
+		if (S.ncgroups && !S.cgroup_joined)
+			spec_error("a pooled launcher's spec must say cgroup_joined 1");
+	} else {
+		spec_read(3);
+	}
 	rundir_open_and_lock();
 	state_write();
 	launcher_setup_process();
@@ -2537,8 +2624,23 @@ int main(int argc, char **argv)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	launcher_t0_us = (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-	if (argc >= 2 && !strcmp(argv[1], "instance") && argc == 2)
-		return instance_main();
+	if (argc == 2 && !strcmp(argv[1], "instance"))
+		return instance_main(false, NULL, 0);
+	if (argc >= 3 && !strcmp(argv[1], "instance") && !strcmp(argv[2], "--pooled")) {
+		/* instance --pooled [--cgroup DIR]... : wait for the spec on fd 3 (docs/launcher.md) */
+		char **dirs = calloc((size_t)argc, sizeof *dirs);
+		size_t n = 0;
+		if (!dirs)
+			return 1;
+		for (int i = 3; i < argc; i += 2) {
+			if (strcmp(argv[i], "--cgroup") || i + 1 >= argc || argv[i + 1][0] != '/') {
+				fprintf(stderr, "usage: fuse-svc-launcher instance --pooled [--cgroup DIR]...\n");
+				return 64;
+			}
+			dirs[n++] = argv[i + 1];
+		}
+		return instance_main(true, dirs, n);
+	}
 	if (argc >= 2 && !strcmp(argv[1], "init"))
 		return init_main(argc - 1, argv + 1);
 	if (argc == 2 && !strcmp(argv[1], "detach"))
@@ -2547,6 +2649,6 @@ int main(int argc, char **argv)
 		printf("fuse-svc-launcher %s\n", LAUNCHER_VERSION);
 		return 0;
 	}
-	fprintf(stderr, "usage: fuse-svc-launcher instance | detach | init -- CMD... | version\n");
+	fprintf(stderr, "usage: fuse-svc-launcher instance [--pooled [--cgroup DIR]...] | detach | init -- CMD... | version\n");
 	return EXIT_SPEC;
 }

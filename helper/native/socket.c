@@ -1141,6 +1141,19 @@ out_args:
     return make_int(env, pid);
 }
 
+/* socketpair() -> [a, b]: AF_UNIX SOCK_SEQPACKET, both close-on-exec (descriptors travel on it). */
+static napi_value Socketpair(napi_env env, napi_callback_info info) {
+    int p[2];
+    napi_value arr;
+    (void)info;
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, p) < 0)
+        return throw_errno(env, "socketpair", errno);
+    NAPI_OK(napi_create_array_with_length(env, 2, &arr));
+    NAPI_OK(napi_set_element(env, arr, 0, make_int(env, p[0])));
+    NAPI_OK(napi_set_element(env, arr, 1, make_int(env, p[1])));
+    return arr;
+}
+
 /* pipe() -> [readEnd, writeEnd], both close-on-exec. */
 static napi_value Pipe(napi_env env, napi_callback_info info) {
     int p[2];
@@ -1201,7 +1214,7 @@ static napi_value Init(napi_env env, napi_value exports) {
         {"pidfdIsAlive", PidfdIsAlive},
         {"fdInfo", FdInfo}, {"statxMount", StatxMount}, {"openat", Openat},
         {"fstatfs", Fstatfs}, {"flock", Flock}, {"dupCloexec", DupCloexec},
-        {"spawnDetached", SpawnDetached}, {"pipe", Pipe}, {"pidfdReap", PidfdReap},
+        {"spawnDetached", SpawnDetached}, {"pipe", Pipe}, {"socketpair", Socketpair}, {"pidfdReap", PidfdReap},
     };
     static const struct {
         const char *name;

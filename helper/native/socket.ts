@@ -139,6 +139,7 @@ interface Native {
   dupCloexec(fd: number): number;
   spawnDetached(path: string, args: string[], fds: number[]): number;
   pipe(): [number, number];
+  socketpair(): [number, number];
   pidfdReap(pidfd: number): { code: number; signal: number } | null;
   constants: Constants;
 }
@@ -326,6 +327,11 @@ export function dupCloexec(fd: number): number {
  */
 export function spawnDetached(path: string, args: string[], fds: number[]): number {
   return native.spawnDetached(path, args, fds);
+}
+
+/** A connected AF_UNIX SOCK_SEQPACKET pair, close-on-exec: [a, b]. */
+export function socketpair(): [number, number] {
+  return native.socketpair();
 }
 
 /** A close-on-exec pipe: [readEnd, writeEnd]. */

@@ -183,14 +183,17 @@ export function processes(names = ['fuse2fs', 'fuse-svc-launch', 'sandbox-probe'
 
 /**
  * The launchers serving runtimeDir (their fd 2 is an instance log there) and their servers:
- * what a test must not leave behind, told apart from other tests' instances.
+ * what a test must not leave behind, told apart from other tests' instances and from the
+ * broker's idle pooled launchers.
  */
 export function instanceProcesses(runtimeDir: string): { pid: number; comm: string }[] {
   const launchers = new Set<number>();
   const all = processes();
   for (const p of all) {
     try {
-      if (p.comm.startsWith('fuse-svc-launch') && readlinkSync(`/proc/${p.pid}/fd/2`).startsWith(runtimeDir + '/')) launchers.add(p.pid);
+      const log = readlinkSync(`/proc/${p.pid}/fd/2`);
+      // Idle pooled launchers (log pool-N.log) are the broker's stock, not an instance.
+      if (p.comm.startsWith('fuse-svc-launch') && log.startsWith(runtimeDir + '/') && !/\/pool-\d+\.log$/.test(log)) launchers.add(p.pid);
     } catch {
       /* gone */
     }

@@ -1,0 +1,212 @@
+// A small pool of launchers started ahead of requests. Each has already joined a fresh set of
+// instance cgroups (a migration costs an RCU grace period per hierarchy, 10-15 ms here) and
+// waits on a socket for its spec and the request's descriptors. A mount takes one and the
+// pool refills after the reply; with none ready, the broker spawns a launcher as before.
+import { closeSync, openSync, readFileSync, renameSync, rmSync } from 'node:fs';
+import path from 'node:path';
+import * as sock from '../helper/native/socket.js';
+import { removeCgroups } from './cgroups.js';
+import { onPidfdExit, readReady, type InstanceDir, type LaunchResult } from './instances.js';
+import { log } from './log.js';
+import { renderSpec, type SpecRecord } from './launch-spec.js';
+
+/** Ids for the cgroups of pooled launchers: far above instance ids, never the same. */
+export const POOL_ID_BASE = 1_000_000_000;
+
+type Entry = {
+  poolId: number;
+  pid: number;
+  pidfd: number;
+  sock: number;
+  readyRd: number;
+  logFile: string;
+  cgroups: string[];
+  watcher: sock.Watcher;
+  /** The launcher said it joined its cgroups: only then may they be renamed and it be used. */
+  joined: boolean;
+  joinWatcher?: sock.Watcher;
+};
+
+export type Claimed = { pid: number; pidfd: number; cgroups: string[]; ready: Promise<LaunchResult> };
+
+export class LauncherPool {
+  private readonly entries: Entry[] = [];
+  private counter = 0;
+  private closed = false;
+  private failures = 0;
+  private refillTimer?: NodeJS.Timeout;
+
+  constructor(
+    private readonly launcher: string,
+    private readonly dir: InstanceDir,
+    private readonly size: number,
+    /** Creates the instance cgroups for a pool id (empty when cgroups are off or unusable). */
+    private readonly makeCgroups: (poolId: number) => string[],
+  ) {}
+
+  /** Pool ids in use, so a cgroup sweep never takes a pooled launcher's cgroups. */
+  ids(): number[] {
+    return this.entries.map((e) => e.poolId);
+  }
+
+  fill(): void {
+    if (this.closed) return;
+    while (this.entries.length < this.size) {
+      try {
+        this.entries.push(this.spawn());
+      } catch (e) {
+        log.warn(`launcher pool: cannot start a launcher: ${(e as Error).message}`);
+        this.later();
+        return;
+      }
+    }
+  }
+
+  /** Refills after a failure, with a back-off so a broken setup does not spin. */
+  private later(): void {
+    if (this.refillTimer || this.closed) return;
+    const delay = Math.min(30000, 500 * 2 ** Math.min(this.failures++, 6));
+    this.refillTimer = setTimeout(() => {
+      this.refillTimer = undefined;
+      this.fill();
+    }, delay);
+    this.refillTimer.unref();
+  }
+
+  private spawn(): Entry {
+    const poolId = POOL_ID_BASE + ++this.counter;
+    const cgroups = this.makeCgroups(poolId);
+    const logFile = this.dir.file(poolId, 'log').replace(/\/(\d+)\.log$/, '/pool-$1.log');
+    const [mine, theirs] = sock.socketpair();
+    const [readyRd, readyWr] = sock.pipe();
+    const logFd = openSync(logFile, 'a', 0o600);
+    let pid: number;
+    try {
+      pid = sock.spawnDetached(this.launcher, [this.launcher, 'instance', '--pooled', ...cgroups.flatMap((d) => ['--cgroup', d])], [-1, readyWr, logFd, theirs]);
+    } catch (e) {
+      for (const fd of [mine, readyRd]) closeSync(fd);
+      removeCgroups(cgroups);
+      rmSync(logFile, { force: true });
+      throw e;
+    } finally {
+      for (const fd of [theirs, readyWr, logFd]) closeSync(fd);
+    }
+    // Our unreaped child: the pid cannot be reused, so this pidfd is that launcher.
+    const pidfd = sock.pidfdOpen(pid);
+    const entry: Entry = { poolId, pid, pidfd, sock: mine, readyRd, logFile, cgroups, watcher: undefined as never, joined: false };
+    entry.watcher = onPidfdExit(pidfd, () => this.died(entry));
+    entry.joinWatcher = sock.poll(mine, 'readable', () => {
+      let r: sock.Received | null = null;
+      try {
+        r = sock.recv(mine, 64, 0);
+      } catch {
+        /* its exit is handled by the pidfd watcher */
+      }
+      if (r === null) return;
+      entry.joinWatcher?.stop();
+      entry.joinWatcher = undefined;
+      if (!r.eof && r.data.toString() === 'joined') entry.joined = true;
+    });
+    return entry;
+  }
+
+  /** A pooled launcher ended before it was used (it failed, or the pool was closed). */
+  private died(e: Entry): void {
+    const i = this.entries.indexOf(e);
+    if (i < 0) return;
+    this.entries.splice(i, 1);
+    e.joinWatcher?.stop();
+    for (const fd of [e.sock, e.readyRd, e.pidfd]) closeSync(fd);
+    removeCgroups(e.cgroups);
+    if (!this.closed) {
+      const tail = this.tail(e.logFile);
+      log.warn(`launcher pool: launcher ${e.pid} ended before use${tail ? `: ${tail}` : ''}`);
+      this.later();
+    }
+    rmSync(e.logFile, { force: true });
+  }
+
+  private tail(file: string): string {
+    try {
+      return readFileSync(file, 'utf8').slice(-400).trim().split('\n').pop() ?? '';
+    } catch {
+      return '';
+    }
+  }
+
+  /**
+   * Hands a request to a pooled launcher: its log becomes `logFile`, the spec and the
+   * descriptors go over its socket. Undefined when none is ready (or it died meanwhile).
+   */
+  claim(spec: (cgroups: string[]) => SpecRecord[], fds: number[], logFile: string, readyTimeoutMs: number, cgroupName: string): Claimed | undefined {
+    for (;;) {
+      // The oldest launcher that has joined its cgroups; one still joining is left to finish.
+      const i = this.entries.findIndex((x) => x.joined);
+      if (i < 0) return undefined;
+      const e = this.entries[i];
+      if (!sock.pidfdIsAlive(e.pidfd)) {
+        this.died(e);
+        continue;
+      }
+      this.entries.splice(i, 1);
+      e.watcher.stop();
+      // Its cgroups take the instance's name, like those of a launcher spawned for the request
+      // (cgroup v1 can rename a directory in place; where that fails the pool name stays).
+      e.cgroups = e.cgroups.map((d) => {
+        const named = path.join(path.dirname(d), cgroupName);
+        try {
+          renameSync(d, named);
+          return named;
+        } catch {
+          return d;
+        }
+      });
+      try {
+        renameSync(e.logFile, logFile);
+        sock.send(e.sock, renderSpec(spec(e.cgroups)), fds);
+      } catch (err) {
+        log.warn(`launcher pool: launcher ${e.pid} could not take the request (${(err as Error).message}); spawning one`);
+        sock.pidfdSendSignal(e.pidfd, 9);
+        for (const fd of [e.sock, e.readyRd]) closeSync(fd);
+        const { pidfd, cgroups } = e;
+        onPidfdExit(pidfd, () => {
+          closeSync(pidfd);
+          removeCgroups(cgroups);
+        });
+        continue;
+      }
+      closeSync(e.sock);
+      this.failures = 0;
+      return { pid: e.pid, pidfd: e.pidfd, cgroups: e.cgroups, ready: readReady(e.readyRd, readyTimeoutMs) };
+    }
+  }
+
+  /**
+   * Closing the sockets ends the idle launchers (EOF before a spec: they exit quietly).
+   * Resolves when they are gone and reaped (at most `ms`), so an exiting broker leaves none.
+   */
+  close(ms = 1000): Promise<void> {
+    this.closed = true;
+    clearTimeout(this.refillTimer);
+    const gone: Promise<void>[] = [];
+    for (const e of this.entries.splice(0)) {
+      e.watcher.stop();
+      e.joinWatcher?.stop();
+      for (const fd of [e.sock, e.readyRd]) closeSync(fd);
+      gone.push(
+        new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, ms);
+          // Reap it when it is gone; its cgroups can only be removed after that.
+          onPidfdExit(e.pidfd, () => {
+            clearTimeout(timer);
+            closeSync(e.pidfd);
+            removeCgroups(e.cgroups);
+            rmSync(e.logFile, { force: true });
+            resolve();
+          });
+        }),
+      );
+    }
+    return Promise.all(gone).then(() => undefined);
+  }
+}
