@@ -34,6 +34,8 @@ export class Broker {
   private readonly buckets = new Map<number, { tokens: number; at: number }>();
   private readonly launcher: string;
   private readonly standin: string;
+  /** Ids whose cgroups are being created for a request (not tracked yet). */
+  private readonly preparing = new Set<number>();
   /** Launchers started ahead of requests, per server definition. */
   private readonly pools = new Map<string, LauncherPool>();
 
@@ -62,7 +64,7 @@ export class Broker {
 
   /** Ids whose cgroups must survive a sweep: live instances and pooled launchers. */
   private liveIds(): number[] {
-    return [...this.instances.keys(), ...[...this.pools.values()].flatMap((p) => p.ids())];
+    return [...this.instances.keys(), ...this.preparing, ...[...this.pools.values()].flatMap((p) => p.ids())];
   }
 
   private listen(): void {
@@ -278,7 +280,14 @@ export class Broker {
         rec.cgroups_to_remove = claimed.cgroups;
       } else {
         // Per-instance cgroups (supervisor/cgroups.ts); this launcher joins and removes them.
-        const cgroup = instanceCgroups(this.cfg, id, server.cgroup, this.liveIds());
+        // Its cgroups are created asynchronously: keep a concurrent sweep off them meanwhile.
+        this.preparing.add(id);
+        let cgroup: string[];
+        try {
+          cgroup = await instanceCgroups(this.cfg, id, server.cgroup, this.liveIds());
+        } finally {
+          this.preparing.delete(id);
+        }
         ({ pid, ready } = spawnLauncher({ launcher: this.launcher, spec: specFor(cgroup, false), fds, logFile: this.dir.file(id, 'log'), readyTimeoutMs }));
         // Our unreaped child: its pid cannot be reused yet, so this pidfd is the launcher's.
         pidfd = sock.pidfdOpen(pid);

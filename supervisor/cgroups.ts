@@ -8,7 +8,8 @@
 // Relative to the broker's own cgroup, never the hierarchy root: inside a container or a
 // service manager's slice the limits then nest under the ones already imposed from outside.
 import { createHash } from 'node:crypto';
-import { accessSync, constants, existsSync, mkdirSync, readFileSync, readdirSync, rmdirSync, writeFileSync } from 'node:fs';
+import { accessSync, constants, existsSync, readFileSync, readdirSync, rmdirSync } from 'node:fs';
+import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { Config } from './config.js';
 import { log } from './log.js';
@@ -155,7 +156,10 @@ function limitFiles(h: Hierarchy, l: Limits): [string, string][] {
  * refuses is skipped with a warning (the instance still has its rlimits). `live` are the ids
  * of instances the broker knows; leftovers of others are removed on the way.
  */
-export function instanceCgroups(cfg: Config, id: number, limits: Limits, live: Iterable<number>): string[] {
+export async function instanceCgroups(cfg: Config, id: number, limits: Limits, live: Iterable<number>): Promise<string[]> {
+  // Asynchronous on purpose: creating a memory cgroup takes milliseconds in the kernel, and the
+  // broker's event loop must keep answering meanwhile (a pooled launcher is prepared while the
+  // previous request's unmount may already be arriving).
   if (cfg.cgroups === 'none') return [];
   const liveSet = new Set(live);
   const pattern = namePattern(cfg.runtimeDir);
@@ -168,18 +172,20 @@ export function instanceCgroups(cfg: Config, id: number, limits: Limits, live: I
     const dir = path.join(parent, cgroupName(cfg.runtimeDir, id));
     try {
       if (!existsSync(parent)) {
-        mkdirSync(parent, { mode: 0o755 });
+        await fsp.mkdir(parent, { mode: 0o755 }).catch((e: NodeJS.ErrnoException) => {
+          if (e.code !== 'EEXIST') throw e;
+        });
         if (h.kind === 'v2' && h.controllers.length) {
           // Let the instances below use the controllers we have (fails harmlessly if not delegated).
           const want = h.controllers.filter((c) => WANTED_V1.includes(c));
-          if (want.length) writeFileSync(path.join(parent, 'cgroup.subtree_control'), want.map((c) => `+${c}`).join(' '));
+          if (want.length) await fsp.writeFile(path.join(parent, 'cgroup.subtree_control'), want.map((c) => `+${c}`).join(' '));
         }
       }
       sweep(parent, pattern, liveSet);
       // A launcher removes the shared parent when it empties: retry if it vanished meanwhile.
       for (let i = 0; ; i++) {
         try {
-          mkdirSync(dir, { mode: 0o755, recursive: i > 0 });
+          await fsp.mkdir(dir, { mode: 0o755, recursive: i > 0 });
           break;
         } catch (e) {
           if ((e as NodeJS.ErrnoException).code !== 'ENOENT' || i >= 3) throw e;
@@ -187,7 +193,7 @@ export function instanceCgroups(cfg: Config, id: number, limits: Limits, live: I
       }
       for (const [file, value] of limitFiles(h, limits)) {
         try {
-          writeFileSync(path.join(dir, file), value);
+          await fsp.writeFile(path.join(dir, file), value);
         } catch (e) {
           if (file.includes('swap') || file.includes('memsw')) continue; // no swap accounting on this kernel
           throw new Error(`${file}=${value}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);

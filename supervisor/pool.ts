@@ -32,6 +32,8 @@ export type Claimed = { pid: number; pidfd: number; cgroups: string[]; ready: Pr
 export class LauncherPool {
   private readonly entries: Entry[] = [];
   private counter = 0;
+  /** Launchers being prepared (their cgroups are created asynchronously). */
+  private pending = 0;
   private closed = false;
   private failures = 0;
   private refillTimer?: NodeJS.Timeout;
@@ -41,24 +43,28 @@ export class LauncherPool {
     private readonly dir: InstanceDir,
     private readonly size: number,
     /** Creates the instance cgroups for a pool id (empty when cgroups are off or unusable). */
-    private readonly makeCgroups: (poolId: number) => string[],
+    private readonly makeCgroups: (poolId: number) => Promise<string[]>,
   ) {}
 
-  /** Pool ids in use, so a cgroup sweep never takes a pooled launcher's cgroups. */
+  /** Pool ids in use (also while being prepared), so a cgroup sweep never takes their cgroups. */
   ids(): number[] {
-    return this.entries.map((e) => e.poolId);
+    return [...this.entries.map((e) => e.poolId), ...this.preparing];
   }
+  private readonly preparing = new Set<number>();
 
   fill(): void {
-    if (this.closed) return;
-    while (this.entries.length < this.size) {
-      try {
-        this.entries.push(this.spawn());
-      } catch (e) {
-        log.warn(`launcher pool: cannot start a launcher: ${(e as Error).message}`);
-        this.later();
-        return;
-      }
+    while (!this.closed && this.entries.length + this.pending < this.size) {
+      this.pending++;
+      this.spawn()
+        .then((e) => {
+          if (this.closed) this.discard(e);
+          else this.entries.push(e);
+        })
+        .catch((err: Error) => {
+          log.warn(`launcher pool: cannot start a launcher: ${err.message}`);
+          this.later();
+        })
+        .finally(() => this.pending--);
     }
   }
 
@@ -73,9 +79,15 @@ export class LauncherPool {
     this.refillTimer.unref();
   }
 
-  private spawn(): Entry {
+  private async spawn(): Promise<Entry> {
     const poolId = POOL_ID_BASE + ++this.counter;
-    const cgroups = this.makeCgroups(poolId);
+    this.preparing.add(poolId);
+    let cgroups: string[];
+    try {
+      cgroups = await this.makeCgroups(poolId);
+    } finally {
+      this.preparing.delete(poolId);
+    }
     const logFile = this.dir.file(poolId, 'log').replace(/\/(\d+)\.log$/, '/pool-$1.log');
     const [mine, theirs] = sock.socketpair();
     const [readyRd, readyWr] = sock.pipe();
@@ -181,32 +193,32 @@ export class LauncherPool {
     }
   }
 
+  /** Ends a launcher that is not needed (the pool closed while it was being prepared). */
+  private discard(e: Entry): Promise<void> {
+    e.watcher.stop();
+    e.joinWatcher?.stop();
+    for (const fd of [e.sock, e.readyRd]) closeSync(fd);
+    return new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, 1000);
+      // Reap it when it is gone; its cgroups can only be removed after that.
+      onPidfdExit(e.pidfd, () => {
+        clearTimeout(timer);
+        closeSync(e.pidfd);
+        removeCgroups(e.cgroups);
+        rmSync(e.logFile, { force: true });
+        resolve();
+      });
+    });
+  }
+
   /**
    * Closing the sockets ends the idle launchers (EOF before a spec: they exit quietly).
-   * Resolves when they are gone and reaped (at most `ms`), so an exiting broker leaves none.
+   * Resolves when they are gone and reaped (at most 1 s each), so an exiting broker leaves none.
    */
-  close(ms = 1000): Promise<void> {
+  close(): Promise<void> {
     this.closed = true;
     clearTimeout(this.refillTimer);
-    const gone: Promise<void>[] = [];
-    for (const e of this.entries.splice(0)) {
-      e.watcher.stop();
-      e.joinWatcher?.stop();
-      for (const fd of [e.sock, e.readyRd]) closeSync(fd);
-      gone.push(
-        new Promise<void>((resolve) => {
-          const timer = setTimeout(resolve, ms);
-          // Reap it when it is gone; its cgroups can only be removed after that.
-          onPidfdExit(e.pidfd, () => {
-            clearTimeout(timer);
-            closeSync(e.pidfd);
-            removeCgroups(e.cgroups);
-            rmSync(e.logFile, { force: true });
-            resolve();
-          });
-        }),
-      );
-    }
+    const gone = this.entries.splice(0).map((e) => this.discard(e));
     return Promise.all(gone).then(() => undefined);
   }
 }

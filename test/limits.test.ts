@@ -50,7 +50,7 @@ async function startHog(mode: 'fork' | 'alloc', rlimits: ServerDef['rlimits'], c
   // sandbox: undefined, so these rlimits are the ones used (not server/fuse2fs.sandbox's).
   const server: ServerDef = { ...base, sandbox: undefined, rlimits: { ...base.rlimits, ...rlimits }, cgroup: cgroup ?? {} };
   const cfg = { ...DEFAULTS, runtimeDir } as Config;
-  const cgroups = cgroup ? instanceCgroups(cfg, id, cgroup, []) : [];
+  const cgroups = cgroup ? await instanceCgroups(cfg, id, cgroup, []) : [];
   if (cgroup) assert.ok(cgroups.length > 0, 'instance cgroups were created');
   const spec = commandSpec({ id, runtimeDir, uid, server, policyDir: DEFAULTS.policyDir, standin: path.join(NATIVE, 'fusermount-standin'), exec: '/sandbox-probe-hog', argv: ['sandbox-probe-hog', mode], binds: [{ src: path.join(NATIVE, 'sandbox-probe-hog'), dst: '/sandbox-probe-hog' }], cgroup: cgroups });
   const { pid, ready } = spawnLauncher({ launcher: path.join(NATIVE, 'fuse-svc-launcher'), spec, fds: [], logFile: dir.file(id, 'log'), readyTimeoutMs: 10000 });
