@@ -2,7 +2,7 @@
 // Runs every uvu suite in dist/test, then checks this machine for anything a test left behind
 // (FUSE mounts, servers, launchers), and ends with the line "N passed, N failed".
 import { spawn, spawnSync } from 'node:child_process';
-import { readFileSync, readdirSync, readlinkSync } from 'node:fs';
+import { readFileSync, readdirSync, readlinkSync, rmdirSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -37,7 +37,33 @@ function leftovers() {
       /* gone */
     }
   }
+  // Instance cgroups of test brokers (named HASH-ID, see supervisor/cgroups.ts).
+  for (const parent of cgroupParents()) {
+    for (const n of readdirSync(parent)) {
+      if (/^[0-9a-f]{8}-\d+$/.test(n)) found.push(`cgroup ${parent}/${n}`);
+    }
+  }
   return [...new Set(found)];
+}
+
+/** Every `fuse-svc` cgroup parent on this machine (v1 hierarchies nest it below a cgroup). */
+function cgroupParents() {
+  const out = [];
+  const walk = (dir, depth) => {
+    let names = [];
+    try {
+      names = readdirSync(dir, { withFileTypes: true });
+    } catch {
+      return;
+    }
+    for (const d of names) {
+      if (!d.isDirectory()) continue;
+      if (d.name === 'fuse-svc') out.push(`${dir}/${d.name}`);
+      else if (depth < 4) walk(`${dir}/${d.name}`, depth + 1);
+    }
+  };
+  walk('/sys/fs/cgroup', 0);
+  return out;
 }
 
 /**
@@ -58,6 +84,15 @@ function sweep() {
   }
   for (const d of dirs) {
     spawnSync(process.execPath, [path.join(root, 'dist/supervisor/main.js'), 'stop', '--runtime-dir', d, '--timeout', '10000'], { stdio: 'inherit', timeout: 30000 });
+  }
+  for (const parent of cgroupParents()) {
+    for (const n of readdirSync(parent)) {
+      try {
+        if (/^[0-9a-f]{8}-\d+$/.test(n)) rmdirSync(`${parent}/${n}`);
+      } catch {
+        /* still busy */
+      }
+    }
   }
   for (const pid of readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
     try {

@@ -240,14 +240,14 @@ export function removeCgroups(dirs: string[]): void {
 }
 
 /** The instance cgroup directories that exist for runtimeDir (tests, `check`). */
-export function existingInstanceCgroups(runtimeDir: string): string[] {
+export function existingInstanceCgroups(runtimeDir: string, withPool = false): string[] {
   const pattern = namePattern(runtimeDir);
   const out: string[] = [];
   for (const h of discoverHierarchies()) {
     const parent = path.join(h.base, 'fuse-svc');
     try {
       // Not those of idle pooled launchers (ids from 1e9, supervisor/pool.ts): stock, not instances.
-      for (const n of readdirSync(parent)) if (pattern.test(n) && Number(pattern.exec(n)![1]) < 1_000_000_000) out.push(path.join(parent, n));
+      for (const n of readdirSync(parent)) if (pattern.test(n) && (withPool || Number(pattern.exec(n)![1]) < 1_000_000_000)) out.push(path.join(parent, n));
     } catch {
       /* none */
     }
@@ -261,7 +261,7 @@ export function existingInstanceCgroups(runtimeDir: string): string[] {
  * parents if they are empty. A cgroup with tasks is never touched (rmdir refuses it).
  */
 export function sweepRuntimeDir(runtimeDir: string): number {
-  const stale = existingInstanceCgroups(runtimeDir);
+  const stale = existingInstanceCgroups(runtimeDir, true);
   removeCgroups(stale);
   removeEmptyParents();
   return stale.filter((d) => !existsSync(d)).length;

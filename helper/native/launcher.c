@@ -881,6 +881,7 @@ static void spec_check(void)
 }
 
 static void spec_parse(char *buf, size_t len);
+static noreturn void pool_leave(void);
 static void write_proc_file(int procdir, const char *name, const char *text);
 
 static void spec_read(int fd)
@@ -924,7 +925,7 @@ static void spec_receive(int fd)
 	if (r < 0)
 		spec_error("recvmsg(spec fd 3): %s", strerror(errno));
 	if (r == 0)
-		_exit(0);
+		pool_leave(); /* never used: the broker exited or closed the pool */
 	if (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC))
 		spec_error("spec message truncated");
 	int next = 4;
@@ -949,10 +950,40 @@ static void spec_receive(int fd)
 	spec_parse(buf, (size_t)r);
 }
 
+static char **pool_cgroups;
+static size_t pool_ncgroups;
+
+/* An unused pooled launcher ends: back into the broker's cgroup (two levels up: DIR is
+ * BROKER/fuse-svc/NAME), then its own cgroups go, so nothing is left when no broker will
+ * sweep them (it was killed). Failures only leave an empty cgroup for the next sweep. */
+static noreturn void pool_leave(void)
+{
+	char text[32], up[PATH_MAX];
+	snprintf(text, sizeof text, "%d", (int)getpid());
+	for (size_t i = 0; i < pool_ncgroups; i++) {
+		snprintf(up, sizeof up, "%s", pool_cgroups[i]);
+		for (int k = 0; k < 2; k++) {
+			char *slash = strrchr(up, '/');
+			if (slash && slash != up)
+				*slash = '\0';
+		}
+		strncat(up, "/cgroup.procs", sizeof up - strlen(up) - 1);
+		int fd = open(up, O_WRONLY | O_CLOEXEC);
+		if (fd >= 0) {
+			if (write(fd, text, strlen(text)) < 0) {}
+			close(fd);
+		}
+		rmdir(pool_cgroups[i]);
+	}
+	_exit(0);
+}
+
 /* Pooled: join the instance cgroups now, before any request, so the slow migration (an RCU
  * grace period per hierarchy) is off the mount's path; every child inherits them. */
 static void join_cgroups_early(char **dirs, size_t n)
 {
+	pool_cgroups = dirs;
+	pool_ncgroups = n;
 	char text[32];
 	snprintf(text, sizeof text, "%d", (int)getpid());
 	for (size_t i = 0; i < n; i++) {
@@ -2532,7 +2563,7 @@ static int instance_main(bool pooled, char **cgroups, size_t ncgroups)
 		join_cgroups_early(cgroups, ncgroups);
 		/* Tell the broker we are in our cgroups: only now may it rename them and use us. */
 		if (send(3, "joined", 6, MSG_NOSIGNAL) != 6)
-			_exit(0); /* the broker is gone already */
+			pool_leave(); /* the broker is gone already */
 		spec_receive(3);
 		if (S.ncgroups && !S.cgroup_joined)
 			spec_error("a pooled launcher's spec must say cgroup_joined 1");
