@@ -1,12 +1,12 @@
 // The broker: accept loop, one request per connection, policy, and the live instance table.
 // Data flow for a mount: accept -> recv -> decode -> peer -> policy -> launcher -> reply.
-import { chmodSync, chownSync, existsSync, lstatSync, readFileSync, readlinkSync, unlinkSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, lstatSync, promises as fsp, readFileSync, readlinkSync, unlinkSync } from 'node:fs';
 import path from 'node:path';
 import * as sock from '../helper/native/socket.js';
 import type { Config } from './config.js';
 import { InstanceDir, type Instance, type InstanceRecord, type LaunchResult, onPidfdExit, runWithFds, openLauncherPidfd, processStartTime, signalLauncher, spawnLauncher, waitPidfd } from './instances.js';
 import { mountSpec } from './launch-spec.js';
-import { cgroupName, instanceCgroups, removeCgroups } from './cgroups.js';
+import { cgroupName, instanceCgroups } from './cgroups.js';
 import { LauncherPool } from './pool.js';
 import { log } from './log.js';
 import { callerGroups, checkSource, checkTarget, fsnameFor, parseMountOptions, type Caller } from './policy.js';
@@ -349,7 +349,8 @@ export class Broker {
     safeClose(inst.pidfd);
     inst.pidfd = -1;
     this.uids.release(inst.rec.uid);
-    if (inst.rec.cgroups_to_remove?.length) removeCgroupsSoon(inst.rec.cgroups_to_remove);
+    // After the answer: removing a memory cgroup takes the kernel milliseconds.
+    if (inst.rec.cgroups_to_remove?.length) setTimeout(() => void removeCgroupsSoon(inst.rec.cgroups_to_remove!), 0);
     if (wasRunning) {
       const how = inst.status.exit_signal ? `killed by signal ${inst.status.exit_signal}` : `exit status ${inst.status.exit_code ?? '?'}`;
       log.info(`instance ${inst.rec.id}: ${inst.rec.source} on ${inst.rec.target} (uid ${inst.rec.owner_uid}) ended: ${inst.status.reason ?? 'server exited'}, server ${how}${inst.orphaned ? '' : '; mount detached'}, sandbox uid ${inst.rec.uid} released`);
@@ -513,10 +514,17 @@ function callerMountinfo(pidfd: number): string[] | undefined {
  * Removes the cgroups a pooled launcher sat in, once it exited. The kernel takes exiting
  * tasks out of their cgroups a moment after the pidfd says they are gone: retry briefly.
  */
-function removeCgroupsSoon(dirs: string[], tries = 20): void {
-  removeCgroups(dirs);
-  const left = dirs.filter((d) => existsSync(d));
-  if (left.length && tries > 0) setTimeout(() => removeCgroupsSoon(left, tries - 1), 50).unref();
+async function removeCgroupsSoon(dirs: string[]): Promise<void> {
+  for (let tries = 0; dirs.length && tries < 20; tries++) {
+    if (tries) await new Promise((r) => setTimeout(r, 50).unref());
+    const left: string[] = [];
+    for (const d of dirs) {
+      await fsp.rmdir(d).catch((e: NodeJS.ErrnoException) => {
+        if (e.code !== 'ENOENT') left.push(d);
+      });
+    }
+    dirs = left;
+  }
 }
 
 function groupId(g: string): number {
