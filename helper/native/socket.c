@@ -1141,30 +1141,31 @@ out_args:
     return make_int(env, pid);
 }
 
-/* socketpair() -> [a, b]: AF_UNIX SOCK_SEQPACKET, both close-on-exec (descriptors travel on it). */
-static napi_value Socketpair(napi_env env, napi_callback_info info) {
-    int p[2];
+/* [p[0], p[1]] as a JS array. */
+static napi_value fd_pair(napi_env env, const int p[2]) {
     napi_value arr;
-    (void)info;
-    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, p) < 0)
-        return throw_errno(env, "socketpair", errno);
     NAPI_OK(napi_create_array_with_length(env, 2, &arr));
     NAPI_OK(napi_set_element(env, arr, 0, make_int(env, p[0])));
     NAPI_OK(napi_set_element(env, arr, 1, make_int(env, p[1])));
     return arr;
 }
 
+/* socketpair() -> [a, b]: AF_UNIX SOCK_SEQPACKET, both close-on-exec (descriptors travel on it). */
+static napi_value Socketpair(napi_env env, napi_callback_info info) {
+    int p[2];
+    (void)info;
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, p) < 0)
+        return throw_errno(env, "socketpair", errno);
+    return fd_pair(env, p);
+}
+
 /* pipe() -> [readEnd, writeEnd], both close-on-exec. */
 static napi_value Pipe(napi_env env, napi_callback_info info) {
     int p[2];
-    napi_value arr;
     (void)info;
     if (pipe2(p, O_CLOEXEC) < 0)
         return throw_errno(env, "pipe2", errno);
-    NAPI_OK(napi_create_array_with_length(env, 2, &arr));
-    NAPI_OK(napi_set_element(env, arr, 0, make_int(env, p[0])));
-    NAPI_OK(napi_set_element(env, arr, 1, make_int(env, p[1])));
-    return arr;
+    return fd_pair(env, p);
 }
 
 /*
