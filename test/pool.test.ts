@@ -1,0 +1,70 @@
+// The launcher pool: mounts are served by launchers started ahead (already in their cgroups),
+// the pool refills, and with pool_size 0 (or an empty pool) a launcher is spawned per request.
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { readlinkSync, rmSync } from 'node:fs';
+import path from 'node:path';
+import { clientArgs, instanceProcesses, makeDir, makeImage, newCaller, processes, startBroker, tmpdir, waitFor, type Broker, type Caller } from './lib/harness.js';
+
+async function cycles(broker: Broker, caller: Caller, dir: string, n: number): Promise<void> {
+  const img = await makeImage(dir, `p${n}.img`, 16);
+  const mnt = makeDir(path.join(dir, `m${n}`));
+  for (let i = 0; i < n; i++) {
+    const m = await caller.run(clientArgs(broker.socket, 'mount', '-o', 'ro', img, mnt));
+    assert.is(m.exitCode, 0, m.stderr);
+    const u = await caller.run(clientArgs(broker.socket, 'unmount', mnt));
+    assert.is(u.exitCode, 0, u.stderr);
+  }
+}
+
+/** Idle pooled launchers of a broker: launchers whose log is a pool-N.log of its runtime dir. */
+function pooled(broker: Broker): number {
+  return processes(['fuse-svc-launch']).filter((p) => {
+    try {
+      const log = readlinkSync(`/proc/${p.pid}/fd/2`);
+      return log.startsWith(broker.runtimeDir + '/') && /\/pool-\d+\.log$/.test(log);
+    } catch {
+      return false;
+    }
+  }).length;
+}
+
+test('mounts are served by pooled launchers and the pool refills; an exiting broker ends them', async () => {
+  const dir = tmpdir();
+  let broker: Broker | undefined;
+  let caller: Caller | undefined;
+  try {
+    broker = await startBroker({ config: { pool_size: 2 } });
+    caller = await newCaller();
+    await waitFor('two pooled launchers', () => pooled(broker!) === 2, 10000);
+    await cycles(broker, caller, dir, 3);
+    assert.is(broker.logs().match(/pooled launcher/g)?.length ?? 0, 3, 'every mount took a pooled launcher');
+    await waitFor('the pool refilled', () => pooled(broker!) === 2, 10000);
+    assert.equal(instanceProcesses(broker.runtimeDir), []);
+    await broker.exit();
+    await waitFor('idle launchers gone with the broker', () => pooled(broker!) === 0, 5000);
+  } finally {
+    await broker?.stop();
+    await caller?.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('pool_size 0: a launcher is spawned for each request', async () => {
+  const dir = tmpdir();
+  let broker: Broker | undefined;
+  let caller: Caller | undefined;
+  try {
+    broker = await startBroker({ config: { pool_size: 0 } });
+    caller = await newCaller();
+    await cycles(broker, caller, dir, 2);
+    assert.is(broker.logs().match(/: spawn /g)?.length ?? 0, 2);
+    assert.is(pooled(broker), 0);
+  } finally {
+    await broker?.stop();
+    await caller?.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test.run();
