@@ -53,7 +53,7 @@ export class BrokerClient {
     try {
       sock.send(fd, encodeRequest(body), fds);
       if (o.closeAfterSend) for (const f of fds.splice(0)) closeSync(f);
-      const packet = await this.receive(fd);
+      const packet = await receivePacket(fd, this.timeoutMs);
       for (const extra of packet.fds) sock.close(extra);
       if (packet.eof || packet.data.length === 0) throw new ClientError('the broker closed the connection without a reply');
       return decodeReply(packet.data);
@@ -62,34 +62,11 @@ export class BrokerClient {
     }
   }
 
-  private receive(fd: number): Promise<sock.Received> {
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        w.stop();
-        reject(new ClientError(`no reply from the broker within ${this.timeoutMs} ms`));
-      }, this.timeoutMs);
-      const w = sock.poll(fd, 'readable', () => {
-        let r: sock.Received | null;
-        try {
-          r = sock.recv(fd, 65536, 4);
-        } catch (e) {
-          clearTimeout(timer);
-          w.stop();
-          reject(e);
-          return;
-        }
-        if (!r) return;
-        clearTimeout(timer);
-        w.stop();
-        resolve(r);
-      });
-    });
-  }
-
   /** Opens source and target here, as the caller, and asks for the mount. */
   async mount(source: string, target: string, o: { fstype?: string; options?: string } = {}): Promise<{ id: number; uid: number; server_pid: number; mnt_id: string }> {
     const options = o.options ?? 'rw';
-    const readOnly = options.split(',').includes('ro') && !options.split(',').slice(options.split(',').lastIndexOf('ro')).includes('rw');
+    // The last of ro/rw wins, as the broker reads them.
+    const readOnly = options.split(',').filter((x) => x === 'ro' || x === 'rw').at(-1) === 'ro';
     const fds: number[] = [];
     try {
       fds.push(openFd(source, readOnly ? sock.O_RDONLY : sock.O_RDWR, 'source'));
@@ -116,6 +93,34 @@ export class BrokerClient {
     const r = await this.request({ op: 'list' });
     return r.mounts as MountInfo[];
   }
+}
+
+/**
+ * Waits for one packet on a connected SEQPACKET socket, at most timeoutMs (a ClientError
+ * then). Shared by the client and the tests that send raw requests.
+ */
+export function receivePacket(fd: number, timeoutMs: number): Promise<sock.Received> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      w.stop();
+      reject(new ClientError(`no reply from the broker within ${timeoutMs} ms`));
+    }, timeoutMs);
+    const w = sock.poll(fd, 'readable', () => {
+      let r: sock.Received | null;
+      try {
+        r = sock.recv(fd, 65536, 4);
+      } catch (e) {
+        clearTimeout(timer);
+        w.stop();
+        reject(e);
+        return;
+      }
+      if (!r) return;
+      clearTimeout(timer);
+      w.stop();
+      resolve(r);
+    });
+  });
 }
 
 function openFd(p: string, flags: number, role: string): number {

@@ -38,19 +38,23 @@ set_bin() {
 	sed "s|^#\{0,1\}FUSE_SVCD_BIN=.*|FUSE_SVCD_BIN=\"$bin\"|" "$1" >"$tmp" && mv "$tmp" "$1"
 }
 
+# A configuration file the admin may have edited is kept; the shipped one lands beside it.
+install_conf() {
+	if [ -e "$2" ]; then
+		install -m 0644 "$1" "$2.new"
+		set_bin "$2.new"
+		echo "kept $2; the shipped one is $2.new" >&2
+	else
+		install -m 0644 "$1" "$2"
+		set_bin "$2"
+	fi
+}
+
 case $kind in
 openrc)
 	install -d "$destdir/etc/init.d" "$destdir/etc/conf.d"
 	install -m 0755 "$src/openrc/fuse-svcd" "$destdir/etc/init.d/fuse-svcd"
-	conf=$destdir/etc/conf.d/fuse-svcd
-	if [ -e "$conf" ]; then
-		install -m 0644 "$src/openrc/fuse-svcd.confd" "$conf.new"
-		set_bin "$conf.new"
-		echo "kept $conf; the shipped one is $conf.new" >&2
-	else
-		install -m 0644 "$src/openrc/fuse-svcd.confd" "$conf"
-		set_bin "$conf"
-	fi
+	install_conf "$src/openrc/fuse-svcd.confd" "$destdir/etc/conf.d/fuse-svcd"
 	[ "$enable" = yes ] && rc-update add fuse-svcd default
 	echo "installed $destdir/etc/init.d/fuse-svcd; start: rc-service fuse-svcd start" >&2
 	;;
@@ -60,14 +64,7 @@ runit)
 	install -m 0755 "$src/runit/fuse-svcd/run" "$sv/run"
 	install -m 0755 "$src/runit/fuse-svcd/finish" "$sv/finish"
 	install -m 0755 "$src/runit/fuse-svcd/log/run" "$sv/log/run"
-	if [ -e "$sv/conf" ]; then
-		install -m 0644 "$src/runit/fuse-svcd/conf" "$sv/conf.new"
-		set_bin "$sv/conf.new"
-		echo "kept $sv/conf; the shipped one is $sv/conf.new" >&2
-	else
-		install -m 0644 "$src/runit/fuse-svcd/conf" "$sv/conf"
-		set_bin "$sv/conf"
-	fi
+	install_conf "$src/runit/fuse-svcd/conf" "$sv/conf"
 	if [ "$enable" = yes ]; then
 		for d in ${SVDIR:-} /var/service /etc/service /service; do
 			if [ -d "$d" ]; then

@@ -247,7 +247,6 @@ export class Broker {
         server: server.name,
         started_at: Date.now(),
       };
-      this.dir.writeRecord(rec);
       const specFor = (cgroup: string[], cgroupJoined: boolean) =>
         mountSpec({
           id,

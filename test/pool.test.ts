@@ -29,42 +29,38 @@ function pooled(broker: Broker): number {
   }).length;
 }
 
-test('mounts are served by pooled launchers and the pool refills; an exiting broker ends them', async () => {
+/** A broker with `config` and a caller, torn down whatever the test does. */
+async function withBroker(config: Record<string, unknown>, body: (b: Broker, c: Caller, dir: string) => Promise<void>): Promise<void> {
   const dir = tmpdir();
   let broker: Broker | undefined;
   let caller: Caller | undefined;
   try {
-    broker = await startBroker({ config: { pool_size: 2 } });
+    broker = await startBroker({ config });
     caller = await newCaller();
-    await waitFor('two pooled launchers', () => pooled(broker!) === 2, 10000);
-    await cycles(broker, caller, dir, 3);
-    assert.is(broker.logs().match(/pooled launcher/g)?.length ?? 0, 3, 'every mount took a pooled launcher');
-    await waitFor('the pool refilled', () => pooled(broker!) === 2, 10000);
-    assert.equal(instanceProcesses(broker.runtimeDir), []);
-    await broker.exit();
-    await waitFor('idle launchers gone with the broker', () => pooled(broker!) === 0, 5000);
+    await body(broker, caller, dir);
   } finally {
     await broker?.stop();
     await caller?.close();
     rmSync(dir, { recursive: true, force: true });
   }
-});
+}
 
-test('pool_size 0: a launcher is spawned for each request', async () => {
-  const dir = tmpdir();
-  let broker: Broker | undefined;
-  let caller: Caller | undefined;
-  try {
-    broker = await startBroker({ config: { pool_size: 0 } });
-    caller = await newCaller();
+test('mounts are served by pooled launchers and the pool refills; an exiting broker ends them', () =>
+  withBroker({ pool_size: 2 }, async (broker, caller, dir) => {
+    await waitFor('two pooled launchers', () => pooled(broker) === 2, 10000);
+    await cycles(broker, caller, dir, 3);
+    assert.is(broker.logs().match(/pooled launcher/g)?.length ?? 0, 3, 'every mount took a pooled launcher');
+    await waitFor('the pool refilled', () => pooled(broker) === 2, 10000);
+    assert.equal(instanceProcesses(broker.runtimeDir), []);
+    await broker.exit();
+    await waitFor('idle launchers gone with the broker', () => pooled(broker) === 0, 5000);
+  }));
+
+test('pool_size 0: a launcher is spawned for each request', () =>
+  withBroker({ pool_size: 0 }, async (broker, caller, dir) => {
     await cycles(broker, caller, dir, 2);
     assert.is(broker.logs().match(/: spawn /g)?.length ?? 0, 2);
     assert.is(pooled(broker), 0);
-  } finally {
-    await broker?.stop();
-    await caller?.close();
-    rmSync(dir, { recursive: true, force: true });
-  }
-});
+  }));
 
 test.run();

@@ -51,7 +51,14 @@ function holdHello(socket: string, uid?: number): Holder {
   let out = '';
   proc.stdout!.on('data', (d) => (out += d));
   proc.stderr!.on('data', (d) => (out += d));
-  const exited = new Promise<number | null>((r) => proc.once('exit', (c) => r(c)));
+  // Every wait has an end: a holder still running after 30 s is killed (its exit code is null).
+  const timer = setTimeout(() => proc.kill('SIGKILL'), 30000);
+  const exited = new Promise<number | null>((r) =>
+    proc.once('exit', (c) => {
+      clearTimeout(timer);
+      r(c);
+    }),
+  );
   return { proc, out: () => out, exited };
 }
 
