@@ -13,6 +13,7 @@ import { callerGroups, checkSource, checkTarget, fsnameFor, parseMountOptions, t
 import { MAX_FDS, MAX_MESSAGE_BYTES, RequestError, decodeRequest, encodeReply, errorReply, oneLine, type MountRequest, type Reply, type Request, type UnmountRequest } from './protocol.js';
 import type { ServerDef } from './servers.js';
 import { UidAllocator } from './uids.js';
+import { dropCallerFds, stuckCount } from './fdsafe.js';
 
 const ENDED_KEEP_MS = 10 * 60 * 1000;
 /** How long the record of a possibly dead mount is kept for its owner to unmount it. */
@@ -38,6 +39,14 @@ export class Broker {
   private readonly preparing = new Set<number>();
   /** Launchers started ahead of requests, per server definition. */
   private readonly pools = new Map<string, LauncherPool>();
+  /** Open connections per uid (the caps of max_connections_per_user / max_connections). */
+  private readonly connsPerUid = new Map<number, number>();
+  /** Mount slots taken by requests not tracked yet (reserved before the first await). */
+  private readonly reserved = new Map<number, number>();
+  private reservedTotal = 0;
+  private acceptPaused?: NodeJS.Timeout;
+  /** Refused connections kept open a moment so their answer is read. */
+  private lingering = 0;
 
   constructor(
     readonly cfg: Config,
@@ -84,6 +93,7 @@ export class Broker {
   close(): Promise<void> {
     this.stopping = true;
     this.listenWatcher?.stop();
+    clearTimeout(this.acceptPaused);
     if (this.listenFd >= 0) {
       sock.close(this.listenFd);
       this.listenFd = -1;
@@ -121,26 +131,86 @@ export class Broker {
       try {
         peer = sock.accept(this.listenFd, true);
       } catch (e) {
-        log.warn(`accept: ${(e as Error).message}`);
+        const code = (e as { code?: string }).code;
+        if (code === 'EMFILE' || code === 'ENFILE' || code === 'ENOBUFS' || code === 'ENOMEM') {
+          // Out of descriptors: the pending connection stays queued and the poll handle would
+          // fire again at once. Pause accepting; connections that end give descriptors back.
+          this.pauseAccept(`accept: ${(e as Error).message}; pausing accept for 200 ms (${this.conns.size} open connections)`);
+          return;
+        }
+        log.limited('accept', `accept: ${(e as Error).message}`);
         return;
       }
       if (!peer) return;
       const caller: Caller = { uid: peer.uid, gid: peer.gid, pid: peer.pid, pidfd: peer.pidfd, groups: [peer.gid] };
+      const refusal = this.admit(caller.uid);
+      if (refusal) {
+        // Answered before anything is received: descriptors queued on the connection are
+        // dropped by the kernel with it (a plain fput, no FUSE flush).
+        log.limited(`refuse ${refusal.code} ${caller.uid}`, `uid ${caller.uid}: connection refused: ${refusal.code}: ${refusal.message}`);
+        try {
+          sock.send(peer.fd, encodeReply(errorReply(refusal)), []);
+        } catch {
+          /* the caller is gone */
+        }
+        if (peer.pidfd >= 0) safeClose(peer.pidfd);
+        // Closing a socket with its request unread resets the peer before it reads the
+        // answer: keep it a moment (counted in the connection total), then close.
+        const fd = peer.fd;
+        if (this.lingering >= this.cfg.maxConnections) {
+          safeClose(fd); // a flood of refused connections: no lingering for them
+          continue;
+        }
+        this.lingering++;
+        setTimeout(() => {
+          this.lingering--;
+          safeClose(fd);
+        }, 500).unref();
+        continue;
+      }
       const c: Conn = { fd: peer.fd, caller, done: false };
       this.conns.add(c);
+      this.connsPerUid.set(caller.uid, (this.connsPerUid.get(caller.uid) ?? 0) + 1);
       c.timer = setTimeout(() => {
-        log.warn(`uid ${caller.uid}: no request within ${this.cfg.requestTimeoutMs} ms; connection closed`);
+        log.limited(`idle ${caller.uid}`, `uid ${caller.uid}: no request within ${this.cfg.requestTimeoutMs} ms; connection closed`);
         this.finish(c);
       }, this.cfg.requestTimeoutMs);
       c.watcher = sock.poll(c.fd, 'readable', () => this.onReadable(c));
     }
   }
 
+  /** Why a new connection of `uid` is refused at once, if it is. */
+  private admit(uid: number): RequestError | undefined {
+    if (this.stopping) return new RequestError('ESHUTDOWN');
+    const mine = this.connsPerUid.get(uid) ?? 0;
+    if (mine >= this.cfg.maxConnectionsPerUser) return new RequestError('ELIMIT_CONN', `uid ${uid} already has ${mine} open connections (limit ${this.cfg.maxConnectionsPerUser})`);
+    if (this.conns.size + this.lingering >= this.cfg.maxConnections) {
+      return new RequestError('ELIMIT_CONN', `the broker already has ${this.conns.size} open connections (limit ${this.cfg.maxConnections})`);
+    }
+    const stuck = stuckCount(uid);
+    if (stuck >= this.cfg.maxStuckPerUser) {
+      return new RequestError('ELIMIT_STUCK', `${stuck} descriptors uid ${uid} sent are still stuck closing on a FUSE server that does not answer (limit ${this.cfg.maxStuckPerUser}); let that server answer`);
+    }
+    return undefined;
+  }
+
+  private pauseAccept(why: string): void {
+    log.limited('accept-pause', why);
+    if (this.acceptPaused || !this.listenWatcher) return;
+    this.listenWatcher.stop();
+    this.listenWatcher = undefined;
+    this.acceptPaused = setTimeout(() => {
+      this.acceptPaused = undefined;
+      if (this.stopping || this.listenFd < 0) return;
+      this.listenWatcher = sock.poll(this.listenFd, 'readable', () => this.acceptAll());
+    }, 200);
+  }
+
   private onReadable(c: Conn): void {
     if (c.done) return;
     let packet: sock.Received | null;
     try {
-      packet = sock.recv(c.fd, MAX_MESSAGE_BYTES, MAX_FDS);
+      packet = sock.recv(c.fd, MAX_MESSAGE_BYTES, MAX_FDS, c.caller.uid);
     } catch (e) {
       log.warn(`uid ${c.caller.uid}: recv: ${(e as Error).message}`);
       this.finish(c);
@@ -154,7 +224,8 @@ export class Broker {
       return;
     }
     void this.handle(c, packet).finally(() => {
-      for (const fd of packet!.fds) if (fd >= 0) safeClose(fd);
+      // Never close() here: these may be files on a FUSE filesystem the caller runs (fdsafe.ts).
+      dropCallerFds(packet!.fds, c.caller.uid);
       this.finish(c);
     });
   }
@@ -164,6 +235,9 @@ export class Broker {
     c.done = true;
     c.watcher?.stop();
     clearTimeout(c.timer);
+    const n = (this.connsPerUid.get(c.caller.uid) ?? 1) - 1;
+    if (n > 0) this.connsPerUid.set(c.caller.uid, n);
+    else this.connsPerUid.delete(c.caller.uid);
     safeClose(c.fd);
     if (c.caller.pidfd >= 0) safeClose(c.caller.pidfd);
     this.conns.delete(c);
@@ -225,10 +299,37 @@ export class Broker {
     caller.groups = callerGroups(caller.pidfd, caller.gid);
     const opts = parseMountOptions(req.options, server, caller, this.cfg);
     checkSource(sourceFd, opts.readOnly);
-    checkTarget(targetFd, caller);
-    const mine = [...this.instances.values()].filter((i) => i.status.state !== 'exited' && i.rec.owner_uid === caller.uid).length;
-    if (mine >= this.cfg.maxMountsPerUser) throw new RequestError('ELIMIT_MOUNTS', `uid ${caller.uid} already has ${mine} live mounts (limit ${this.cfg.maxMountsPerUser})`);
-    if (this.liveCount() >= this.cfg.maxMounts) throw new RequestError('ELIMIT_TOTAL', `the broker already holds ${this.liveCount()} mounts (mount_max ${this.cfg.maxMounts})`);
+    // The slot is taken before the first await, so concurrent requests cannot all pass the
+    // count; it is given back on every path that does not end in a tracked instance.
+    const release = this.reserveSlot(caller.uid);
+    try {
+      await checkTarget(targetFd, caller, this.cfg.targetStatfsTimeoutMs);
+      return await this.startMount(caller, req, server, opts, sourceFd, targetFd, release);
+    } finally {
+      release();
+    }
+  }
+
+  /** Counts live + reserved mounts of the uid and in all; reserves one or refuses. */
+  private reserveSlot(uid: number): () => void {
+    const mine = [...this.instances.values()].filter((i) => i.status.state !== 'exited' && i.rec.owner_uid === uid).length + (this.reserved.get(uid) ?? 0);
+    if (mine >= this.cfg.maxMountsPerUser) throw new RequestError('ELIMIT_MOUNTS', `uid ${uid} already has ${mine} live or starting mounts (limit ${this.cfg.maxMountsPerUser})`);
+    const total = this.liveCount() + this.reservedTotal;
+    if (total >= this.cfg.maxMounts) throw new RequestError('ELIMIT_TOTAL', `the broker already holds ${total} live or starting mounts (mount_max ${this.cfg.maxMounts})`);
+    this.reserved.set(uid, (this.reserved.get(uid) ?? 0) + 1);
+    this.reservedTotal++;
+    let held = true;
+    return () => {
+      if (!held) return;
+      held = false;
+      this.reservedTotal--;
+      const n = (this.reserved.get(uid) ?? 1) - 1;
+      if (n > 0) this.reserved.set(uid, n);
+      else this.reserved.delete(uid);
+    };
+  }
+
+  private async startMount(caller: Caller, req: MountRequest, server: ServerDef, opts: ReturnType<typeof parseMountOptions>, sourceFd: number, targetFd: number, releaseSlot: () => void): Promise<{ reply: Reply; rollback: () => Promise<void> }> {
 
     for (let attempt = 0; ; attempt++) {
       const uid = this.uids.pick();
@@ -287,7 +388,7 @@ export class Broker {
         } finally {
           this.preparing.delete(id);
         }
-        ({ pid, ready } = spawnLauncher({ launcher: this.launcher, spec: specFor(cgroup, false), fds, logFile: this.dir.file(id, 'log'), readyTimeoutMs }));
+        ({ pid, ready } = spawnLauncher({ launcher: this.launcher, spec: specFor(cgroup, false), fds, logFile: this.dir.file(id, 'log'), readyTimeoutMs, tag: caller.uid }));
         // Our unreaped child: its pid cannot be reused yet, so this pidfd is the launcher's.
         pidfd = sock.pidfdOpen(pid);
       }
@@ -295,6 +396,7 @@ export class Broker {
       rec.launcher_start = processStartTime(pid);
       this.dir.writeRecord(rec);
       const inst = this.track(rec, pidfd, { state: 'starting' });
+      releaseSlot(); // the tracked instance counts itself from here
       const tSpawned = performance.now();
       const r = await ready;
       if (r.ok) {
@@ -313,9 +415,22 @@ export class Broker {
         };
       }
       // A failed start: make sure the launcher is gone before the uid and id are forgotten.
+      // The caller is answered by a deadline whatever the launcher does: SIGTERM, then
+      // SIGKILL, then answer; a launcher the kernel cannot end yet (stuck in a FUSE wait)
+      // keeps its instance (uid, slot) tracked until it does end.
       setImmediate(() => pool?.fill());
       signalLauncher(pidfd);
-      await inst.ended;
+      let gone = await Promise.race([inst.ended.then(() => true), sleep(2000).then(() => false)]);
+      if (!gone) {
+        signalLauncher(pidfd, 9);
+        gone = await Promise.race([inst.ended.then(() => true), sleep(2000).then(() => false)]);
+      }
+      if (!gone) {
+        log.warn(`instance ${id}: the launcher (pid ${pid}) does not end after SIGKILL (stuck in the kernel); its uid ${uid} stays held until it does`);
+        void inst.ended.then(() => this.forget(inst));
+        const why = r.code === 'ETIMEDOUT_SERVER' ? 'ESERVER_TIMEOUT' : r.code;
+        throw new RequestError(why as never, `${server.name}: ${r.message}; the launcher was killed`);
+      }
       this.forget(inst);
       if (r.code === 'EUID_BUSY' && attempt < 3) continue; // another broker's instance holds it
       const tail = oneLine(this.dir.logTail(id, 600), 400);
@@ -379,8 +494,9 @@ export class Broker {
         return this.detachOrphan(inst, caller, fds[i]);
       }
       // The descriptor pins the very mount we are about to detach: while anyone holds it, the
-      // superblock lives on and the server never sees the end of its connection.
-      safeClose(fds[i]);
+      // superblock lives on and the server never sees the end of its connection. (An O_PATH
+      // descriptor is closed at once; anything else off the loop, see fdsafe.ts.)
+      dropCallerFds([fds[i]], caller.uid);
       fds[i] = -1;
     }
     if (caller.uid !== 0 && caller.uid !== inst.rec.owner_uid) throw new RequestError('EPERM_MOUNT', `mount ${inst.rec.id} belongs to uid ${inst.rec.owner_uid}`);
@@ -524,6 +640,10 @@ async function removeCgroupsSoon(dirs: string[]): Promise<void> {
     }
     dirs = left;
   }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms).unref());
 }
 
 function groupId(g: string): number {

@@ -34,6 +34,13 @@ export type Config = {
   publishClient: boolean;
   /** Launchers started ahead of requests (0: spawn one per request). */
   poolSize: number;
+  /** Open connections one uid may hold, and all uids together. */
+  maxConnectionsPerUser: number;
+  maxConnections: number;
+  /** Descriptors a uid sent that are still being closed (stuck on its own FUSE server). */
+  maxStuckPerUser: number;
+  /** How long the broker waits for a fstatfs of a caller's target (it may be on FUSE). */
+  targetStatfsTimeoutMs: number;
 };
 
 export const DEFAULTS: Readonly<Config> = Object.freeze({
@@ -54,6 +61,10 @@ export const DEFAULTS: Readonly<Config> = Object.freeze({
   cgroups: 'auto' as const,
   publishClient: true,
   poolSize: 1,
+  maxConnectionsPerUser: 64,
+  maxConnections: 1024,
+  maxStuckPerUser: 8,
+  targetStatfsTimeoutMs: 2000,
 });
 
 export class ConfigError extends Error {
@@ -81,6 +92,10 @@ const FILE_KEYS: Record<string, (v: unknown, where: string) => Partial<Config>> 
   cgroups: (v, w) => ({ cgroups: oneOf(v, w, ['auto', 'none'] as const) }),
   publish_client: (v, w) => ({ publishClient: bool(v, w) }),
   pool_size: (v, w) => ({ poolSize: int(v, w, 0, 64) }),
+  max_connections_per_user: (v, w) => ({ maxConnectionsPerUser: int(v, w, 1, 100000) }),
+  max_connections: (v, w) => ({ maxConnections: int(v, w, 1, 1000000) }),
+  max_stuck_per_user: (v, w) => ({ maxStuckPerUser: int(v, w, 1, 1024) }),
+  target_statfs_timeout_ms: (v, w) => ({ targetStatfsTimeoutMs: int(v, w, 100, 60000) }),
 };
 
 /** Reads the JSON config file (all keys optional) on top of `base`. */

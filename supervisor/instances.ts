@@ -164,6 +164,8 @@ export type LaunchArgs = {
   fds: number[];
   logFile: string;
   readyTimeoutMs: number;
+  /** The caller's uid: copies of its descriptors are dropped under it (fdsafe.ts). */
+  tag?: number;
 };
 
 /**
@@ -189,7 +191,7 @@ export function spawnLauncher(a: LaunchArgs): { pid: number; ready: Promise<Laun
     const [rd, readyWr] = sock.pipe();
     readyRd = rd;
     opened.push(readyWr);
-    pid = sock.spawnDetached(a.launcher, [a.launcher, 'instance'], [-1, readyWr, logFd, specRd, ...a.fds]);
+    pid = sock.spawnDetached(a.launcher, [a.launcher, 'instance'], [-1, readyWr, logFd, specRd, ...a.fds], a.tag ?? -1);
   } catch (e) {
     if (readyRd >= 0) closeSync(readyRd);
     throw new RequestError('EINTERNAL', `cannot start the launcher ${a.launcher}: ${(e as Error).message}`);

@@ -6,6 +6,7 @@ import { RequestError } from './protocol.js';
 import type { Config } from './config.js';
 import type { ServerDef } from './servers.js';
 import * as sock from '../helper/native/socket.js';
+import { statfsBounded } from './fdsafe.js';
 
 /** Filesystems a non-root caller may mount over (fusermount.c's list of magic numbers). */
 export const MOUNTABLE_FS_MAGIC: ReadonlyMap<number, string> = new Map([
@@ -42,8 +43,10 @@ export function callerGroups(pidfd: number, gid: number): number[] {
 export type SourceCheck = { type: 'file' | 'blk'; size: number };
 
 export function checkSource(fd: number, readOnly: boolean): SourceCheck {
+  // statx with AT_STATX_DONT_SYNC and fcntl: neither reaches a FUSE filesystem (supervisor/fdsafe.ts).
   const info = sock.fdInfo(fd);
   if (info.accmode === 'path') throw new RequestError('EBADFD_SOURCE', 'the source descriptor was opened with O_PATH; open the image for reading (ro) or reading and writing (rw)');
+  if (info.accmode === 'w') throw new RequestError('EBADFD_SOURCE', `the source descriptor is write-only; open the image ${readOnly ? 'O_RDONLY (ro)' : 'O_RDWR (rw)'}`);
   if (info.type !== 'file' && info.type !== 'blk') {
     throw new RequestError('EBADFD_SOURCE', `the source descriptor is a ${describeType(info.type)}, not a regular file or block device`);
   }
@@ -53,8 +56,16 @@ export function checkSource(fd: number, readOnly: boolean): SourceCheck {
   return { type: info.type, size: Number(info.size) };
 }
 
-/** fusermount's mount point checks, on the pinned descriptor. */
-export function checkTarget(fd: number, caller: Caller): void {
+/**
+ * fusermount's mount point checks (util/fusermount.c, util/fuser_conf.c
+ * check_nonroot_dir_access and check_nonroot_fstype), on the pinned descriptor:
+ * 1. the target is a directory (never a symlink);            root: only this rule
+ * 2. a sticky mount point (like /tmp) only for its owner;    (rule on the mount point itself)
+ * 3. the caller may write the mount point;                   (mode bits and groups; no ACLs)
+ * 4. the filesystem under it is on fusermount's magic list.  (statfs, bounded: it may be FUSE)
+ * Metadata comes from statx(AT_STATX_DONT_SYNC) and a statfs run off the event loop.
+ */
+export async function checkTarget(fd: number, caller: Caller, statfsTimeoutMs = 2000): Promise<void> {
   let info: ReturnType<typeof sock.fdInfo>;
   try {
     info = sock.fdInfo(fd);
@@ -66,22 +77,14 @@ export function checkTarget(fd: number, caller: Caller): void {
   if (info.type === 'lnk') throw new RequestError('EBADFD_TARGET', 'the target is a symbolic link; symlinks are never followed');
   if (info.type !== 'dir') throw new RequestError('EBADFD_TARGET', `the target is a ${describeType(info.type)}, not a directory`);
   if (caller.uid === 0) return;
-  const fsType = sock.fstatfs(fd).type >>> 0;
+  if (info.mode & 0o1000 && info.uid !== caller.uid) {
+    throw new RequestError('EPERM_TARGET', 'the target is a sticky directory (like /tmp) that the caller does not own; only its owner may mount on it');
+  }
+  if (!mayWrite(info, caller)) throw new RequestError('EPERM_TARGET', 'the caller has no write permission on the target directory');
+  const fsType = (await statfsBounded(fd, caller.uid, statfsTimeoutMs, 'EPERM_TARGET')).type >>> 0;
   if (!MOUNTABLE_FS_MAGIC.has(fsType)) {
     throw new RequestError('EFSTYPE_TARGET', `the target lies on a filesystem (magic 0x${fsType.toString(16)}) that non-root users may not mount over`);
   }
-  const parentFd = sock.openat(fd, '..', sock.O_PATH | sock.O_DIRECTORY | sock.O_NOFOLLOW | sock.O_CLOEXEC);
-  let parent: ReturnType<typeof sock.fdInfo>;
-  try {
-    parent = sock.fdInfo(parentFd);
-  } finally {
-    sock.close(parentFd);
-  }
-  if (parent.mode & 0o1000) {
-    if (info.uid !== caller.uid) throw new RequestError('EPERM_TARGET', 'the target is in a sticky directory and the caller does not own it');
-    return;
-  }
-  if (!mayWrite(info, caller)) throw new RequestError('EPERM_TARGET', 'the caller has no write permission on the target directory');
 }
 
 function mayWrite(info: { uid: number; gid: number; mode: number }, caller: Caller): boolean {

@@ -22,6 +22,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdbool.h>
@@ -486,6 +487,186 @@ static napi_value Send(napi_env env, napi_callback_info info) {
     return make_int(env, n);
 }
 
+/* -------------------------------------------------- dropping a caller's descriptors */
+
+/*
+ * Closing a descriptor a caller sent may block without end: close() of a file on a FUSE
+ * filesystem sends FUSE_FLUSH and waits uninterruptibly for the caller's own server, which the
+ * caller can SIGSTOP (BRIEF.md, "FUSE waits that no signal ends"). So the broker never closes
+ * one on its own thread. drop_fds() closes O_PATH descriptors at once (they have no flush: no
+ * file operations at all) and gives the others to a child cloned with CLONE_FILES: it shares
+ * the broker's descriptor table, so its close() removes the broker's own entry, and the flush
+ * waits in the child. Not a thread: a thread stuck in a FUSE wait would keep the broker from
+ * exiting; a stuck child only keeps the shared table alive until its server answers. No
+ * CLONE_VM: the child runs on a copy of the memory and only makes raw syscalls.
+ * Each child is remembered with a tag (the caller's uid) so the broker can bound how many a
+ * caller keeps stuck (closersAlive).
+ */
+#define MAX_CLOSERS 4096
+static struct {
+    int pidfd;
+    int64_t tag;
+} closers[MAX_CLOSERS];
+static size_t n_closers;
+
+/* Reaps closers that finished; the rest stay listed. */
+static void closers_reap(void) {
+    size_t k = 0;
+    for (size_t i = 0; i < n_closers; i++) {
+        siginfo_t si;
+        memset(&si, 0, sizeof si);
+        int rc = waitid((idtype_t)3 /* P_PIDFD */, (id_t)closers[i].pidfd, &si, WEXITED | WNOHANG);
+        if ((rc == 0 && si.si_pid != 0) || (rc < 0 && errno == ECHILD)) {
+            close(closers[i].pidfd);
+            continue;
+        }
+        closers[k++] = closers[i];
+    }
+    n_closers = k;
+}
+
+struct clone3_args {
+    uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid,
+        set_tid_size, cgroup;
+};
+
+/* Returns 0, or an errno; on failure the descriptors are still open (the caller decides). */
+static int drop_fds(const int *fds, size_t n, int64_t tag) {
+    int slow[SCM_MAX_FD];
+    size_t nslow = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (fds[i] < 0)
+            continue;
+        int fl = fcntl(fds[i], F_GETFL);
+        if (fl >= 0 && (fl & O_PATH))
+            close(fds[i]);
+        else if (fl >= 0 && nslow < SCM_MAX_FD)
+            slow[nslow++] = fds[i];
+    }
+    if (nslow == 0)
+        return 0;
+    closers_reap();
+    if (n_closers >= MAX_CLOSERS)
+        return EAGAIN;
+    int pidfd = -1;
+    struct clone3_args ca;
+    memset(&ca, 0, sizeof ca);
+    ca.flags = CLONE_FILES | 0x00001000ULL /* CLONE_PIDFD */;
+    ca.pidfd = (uint64_t)(uintptr_t)&pidfd;
+    ca.exit_signal = SIGCHLD;
+    long pid = syscall(SYS_clone3, &ca, sizeof ca);
+    if (pid < 0)
+        return errno;
+    if (pid == 0) {
+        /* The child: raw syscalls only (glibc's state is a copy of another thread's). */
+        for (size_t i = 0; i < nslow; i++)
+            syscall(SYS_close, slow[i]);
+        syscall(SYS_exit, 0);
+        for (;;)
+            ;
+    }
+    /* CLONE_FILES: the pidfd is in the shared table too; keep it out of exec'd children. */
+    fcntl(pidfd, F_SETFD, FD_CLOEXEC);
+    closers[n_closers].pidfd = pidfd;
+    closers[n_closers].tag = tag;
+    n_closers++;
+    return 0;
+}
+
+/* dropFds(fds, tag): closes them off this thread (see drop_fds). Throws on failure, fds open. */
+static napi_value DropFds(napi_env env, napi_callback_info info) {
+    napi_value argv[2], out;
+    bool is_array;
+    uint32_t n;
+    int fds[SCM_MAX_FD];
+    int64_t tag;
+    if (!get_args(env, info, 2, argv))
+        return NULL;
+    if (napi_is_array(env, argv[0], &is_array) != napi_ok || !is_array ||
+        napi_get_array_length(env, argv[0], &n) != napi_ok || n > SCM_MAX_FD)
+        return throw_type(env, "dropFds", "fds must be an array of at most 253 descriptors");
+    if (!get_int(env, argv[1], "dropFds", "tag", -1, INT64_MAX / 2, &tag))
+        return NULL;
+    for (uint32_t i = 0; i < n; i++) {
+        napi_value v;
+        int64_t x;
+        napi_get_element(env, argv[0], i, &v);
+        if (!get_int(env, v, "dropFds", "fds[i]", -1, INT_MAX, &x))
+            return NULL;
+        fds[i] = (int)x;
+    }
+    int err = drop_fds(fds, n, tag);
+    if (err)
+        return throw_errno(env, "clone3", err);
+    napi_get_undefined(env, &out);
+    return out;
+}
+
+/* closersAlive(tag) -> how many closers of that tag (-1: all) have not finished. */
+static napi_value ClosersAlive(napi_env env, napi_callback_info info) {
+    napi_value argv[1];
+    int64_t tag;
+    if (!get_args(env, info, 1, argv) || !get_int(env, argv[0], "closersAlive", "tag", -1, INT64_MAX / 2, &tag))
+        return NULL;
+    closers_reap();
+    int64_t count = 0;
+    for (size_t i = 0; i < n_closers; i++)
+        if (tag < 0 || closers[i].tag == tag)
+            count++;
+    return make_int(env, count);
+}
+
+/*
+ * fstatfsStart(fd, tag) -> readFd: fstatfs sends STATFS to a FUSE server (when the broker is
+ * let through, e.g. allow_other), so it runs in a CLONE_FILES child (counted under `tag` like
+ * a closer) that writes three int64 to the pipe: -errno or 0, f_type, f_flags. The caller
+ * polls readFd with its own deadline and closes it (a pipe: its close never blocks).
+ */
+static napi_value FstatfsStart(napi_env env, napi_callback_info info) {
+    napi_value argv[2];
+    int fd, p[2];
+    int64_t tag;
+    if (!get_args(env, info, 2, argv) || !get_fd(env, argv[0], "fstatfsStart", "fd", &fd) ||
+        !get_int(env, argv[1], "fstatfsStart", "tag", -1, INT64_MAX / 2, &tag))
+        return NULL;
+    closers_reap();
+    if (n_closers >= MAX_CLOSERS)
+        return throw_errno(env, "clone3", EAGAIN);
+    if (pipe2(p, O_CLOEXEC | O_NONBLOCK) < 0)
+        return throw_errno(env, "pipe2", errno);
+    int pidfd = -1;
+    struct clone3_args ca;
+    memset(&ca, 0, sizeof ca);
+    ca.flags = CLONE_FILES | 0x00001000ULL /* CLONE_PIDFD */;
+    ca.pidfd = (uint64_t)(uintptr_t)&pidfd;
+    ca.exit_signal = SIGCHLD;
+    long pid = syscall(SYS_clone3, &ca, sizeof ca);
+    if (pid < 0) {
+        int err = errno;
+        close(p[0]);
+        close(p[1]);
+        return throw_errno(env, "clone3", err);
+    }
+    if (pid == 0) {
+        struct statfs sf;
+        memset(&sf, 0, sizeof sf);
+        long rc = syscall(SYS_fstatfs, fd, &sf);
+        int64_t msg[3] = {rc < 0 ? -errno : 0, (uint32_t)sf.f_type, (int64_t)sf.f_flags};
+        syscall(SYS_write, p[1], msg, sizeof msg);
+        /* The write end is in the shared table: close it so the reader sees EOF, not a hang. */
+        syscall(SYS_close, p[1]);
+        syscall(SYS_exit, 0);
+        for (;;)
+            ;
+    }
+    fcntl(pidfd, F_SETFD, FD_CLOEXEC);
+    /* Not closed here: the child's write end is this very table entry; the child closes it. */
+    closers[n_closers].pidfd = pidfd;
+    closers[n_closers].tag = tag;
+    n_closers++;
+    return make_int(env, p[0]);
+}
+
 /*
  * recv(fd, maxBytes, maxFds) -> { data, fds, truncated, eof } | null (EAGAIN on a
  * non-blocking fd). Descriptors arrive close-on-exec. `truncated` is MSG_TRUNC or MSG_CTRUNC
@@ -494,12 +675,16 @@ static napi_value Send(napi_env env, napi_callback_info info) {
  * looks the same; the protocol never sends one).
  */
 static napi_value Recv(napi_env env, napi_callback_info info) {
-    napi_value argv[3], result, buffer, fd_array;
+    napi_value argv[4], result, buffer, fd_array;
+    napi_valuetype tag_type;
     int fd;
-    int64_t max_bytes, max_fds;
-    if (!get_args(env, info, 3, argv) || !get_fd(env, argv[0], "recv", "fd", &fd) ||
+    int64_t max_bytes, max_fds, tag = -1;
+    if (!get_args(env, info, 4, argv) || !get_fd(env, argv[0], "recv", "fd", &fd) ||
         !get_int(env, argv[1], "recv", "maxBytes", 0, MAX_RECV_BYTES, &max_bytes) ||
         !get_int(env, argv[2], "recv", "maxFds", 0, SCM_MAX_FD, &max_fds))
+        return NULL;
+    NAPI_OK(napi_typeof(env, argv[3], &tag_type));
+    if (tag_type != napi_undefined && !get_int(env, argv[3], "recv", "tag", -1, INT64_MAX / 2, &tag))
         return NULL;
 
     char *data = malloc(max_bytes > 0 ? (size_t)max_bytes : 1);
@@ -531,8 +716,8 @@ static napi_value Recv(napi_env env, napi_callback_info info) {
     }
 
     /* Take every descriptor out of every SCM_RIGHTS header before anything can fail. */
-    int fds[SCM_MAX_FD];
-    size_t nfds = 0;
+    int fds[SCM_MAX_FD], extra[SCM_MAX_FD];
+    size_t nfds = 0, nextra = 0;
     bool truncated = (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0;
     if (msg.msg_controllen > 0) {
         for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
@@ -547,13 +732,19 @@ static napi_value Recv(napi_env env, napi_callback_info info) {
                 if (nfds < (size_t)max_fds) {
                     fds[nfds++] = one;
                 } else {
-                    close(one);
+                    extra[nextra++] = one; /* dropped below, never closed on this thread */
                     truncated = true;
                 }
             }
         }
     }
 
+    /* tag < 0: not a caller's descriptors (a client, a test): close them here. */
+    if (nextra && (tag < 0 || drop_fds(extra, nextra, tag) != 0)) {
+        /* No closer could be started: keeping them would leak; closing here may block. Close. */
+        for (size_t i = 0; i < nextra; i++)
+            close(extra[i]);
+    }
     bool ok = napi_create_object(env, &result) == napi_ok &&
               napi_create_buffer_copy(env, (size_t)n, data, NULL, &buffer) == napi_ok &&
               napi_set_named_property(env, result, "data", buffer) == napi_ok &&
@@ -568,8 +759,9 @@ static napi_value Recv(napi_env env, napi_callback_info info) {
          set_bool(env, result, "truncated", truncated) &&
          set_bool(env, result, "eof", n == 0 && nfds == 0 && !truncated);
     if (!ok) {
-        for (size_t i = 0; i < nfds; i++)
-            close(fds[i]);
+        if (tag < 0 || drop_fds(fds, nfds, tag) != 0)
+            for (size_t i = 0; i < nfds; i++)
+                close(fds[i]);
         throw_napi_failure(env, "building the recv result");
         return NULL;
     }
@@ -896,11 +1088,14 @@ static const char *type_name(mode_t mode) {
 static napi_value FdInfo(napi_env env, napi_callback_info info) {
     napi_value argv[1], obj;
     int fd, flags, fdflags;
-    struct stat st;
+    struct statx st;
     if (!get_args(env, info, 1, argv) || !get_fd(env, argv[0], "fdInfo", "fd", &fd))
         return NULL;
-    if (fstat(fd, &st) < 0)
-        return throw_errno(env, "fstat", errno);
+    /* AT_STATX_DONT_SYNC: a caller's descriptor may live on a FUSE filesystem the caller runs;
+     * a plain fstat would send GETATTR and wait for as long as that server wants. With it the
+     * kernel answers from its cached attributes (fs/fuse/dir.c fuse_update_get_attr). */
+    if (statx(fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW | AT_STATX_DONT_SYNC, STATX_BASIC_STATS, &st) < 0)
+        return throw_errno(env, "statx", errno);
     if ((flags = fcntl(fd, F_GETFL)) < 0)
         return throw_errno(env, "fcntl(F_GETFL)", errno);
     if ((fdflags = fcntl(fd, F_GETFD)) < 0)
@@ -909,17 +1104,18 @@ static napi_value FdInfo(napi_env env, napi_callback_info info) {
                           : (flags & O_ACCMODE) == O_RDONLY ? "r"
                           : (flags & O_ACCMODE) == O_WRONLY ? "w"
                                                             : "rw";
+    dev_t dev = makedev(st.stx_dev_major, st.stx_dev_minor);
     NAPI_OK(napi_create_object(env, &obj));
-    if (!set_str(env, obj, "type", type_name(st.st_mode)) || !set_int(env, obj, "mode", st.st_mode) ||
-        !set_int(env, obj, "uid", st.st_uid) || !set_int(env, obj, "gid", st.st_gid) ||
-        !set_int(env, obj, "dev", (int64_t)st.st_dev) ||
-        !set_int(env, obj, "devMajor", major(st.st_dev)) ||
-        !set_int(env, obj, "devMinor", minor(st.st_dev)) ||
-        !set_int(env, obj, "ino", (int64_t)st.st_ino) ||
-        !set_int(env, obj, "rdev", (int64_t)st.st_rdev) ||
-        !set_int(env, obj, "rdevMajor", major(st.st_rdev)) ||
-        !set_int(env, obj, "rdevMinor", minor(st.st_rdev)) ||
-        !set_int(env, obj, "size", st.st_size) || !set_int(env, obj, "nlink", (int64_t)st.st_nlink) ||
+    if (!set_str(env, obj, "type", type_name(st.stx_mode)) || !set_int(env, obj, "mode", st.stx_mode) ||
+        !set_int(env, obj, "uid", st.stx_uid) || !set_int(env, obj, "gid", st.stx_gid) ||
+        !set_int(env, obj, "dev", (int64_t)dev) ||
+        !set_int(env, obj, "devMajor", st.stx_dev_major) ||
+        !set_int(env, obj, "devMinor", st.stx_dev_minor) ||
+        !set_int(env, obj, "ino", (int64_t)st.stx_ino) ||
+        !set_int(env, obj, "rdev", (int64_t)makedev(st.stx_rdev_major, st.stx_rdev_minor)) ||
+        !set_int(env, obj, "rdevMajor", st.stx_rdev_major) ||
+        !set_int(env, obj, "rdevMinor", st.stx_rdev_minor) ||
+        !set_int(env, obj, "size", (int64_t)st.stx_size) || !set_int(env, obj, "nlink", (int64_t)st.stx_nlink) ||
         !set_str(env, obj, "accmode", accmode) || !set_int(env, obj, "flags", flags) ||
         !set_bool(env, obj, "cloexec", (fdflags & FD_CLOEXEC) != 0)) {
         throw_napi_failure(env, "building the fdInfo result");
@@ -939,9 +1135,9 @@ static napi_value StatxMount(napi_env env, napi_callback_info info) {
     struct statx a, b;
     if (!get_args(env, info, 1, argv) || !get_fd(env, argv[0], "statxMount", "fd", &fd))
         return NULL;
-    if (statx(fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, STATX_MNT_ID_UNIQUE, &a) < 0)
+    if (statx(fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW | AT_STATX_DONT_SYNC, STATX_MNT_ID_UNIQUE, &a) < 0)
         return throw_errno(env, "statx", errno);
-    if (statx(fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, STATX_MNT_ID, &b) < 0)
+    if (statx(fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW | AT_STATX_DONT_SYNC, STATX_MNT_ID, &b) < 0)
         return throw_errno(env, "statx", errno);
     if (!(a.stx_mask & STATX_MNT_ID_UNIQUE) || !(b.stx_mask & STATX_MNT_ID) ||
         !(a.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT))
@@ -1046,7 +1242,9 @@ static napi_value DupCloexec(napi_env env, napi_callback_info info) {
  * caller reaps it (pidfdReap): Node does not know this child.
  */
 static napi_value SpawnDetached(napi_env env, napi_callback_info info) {
-    napi_value argv[3];
+    napi_value argv[4];
+    napi_valuetype tag_type;
+    int64_t tag = -1;
     char path[SPAWN_ARG_MAX], *args[SPAWN_MAX_ARGS + 1] = {0};
     int fds[SPAWN_MAX_FDS], high[SPAWN_MAX_FDS];
     uint32_t nargs, nfds;
@@ -1058,8 +1256,12 @@ static napi_value SpawnDetached(napi_env env, napi_callback_info info) {
     sigset_t none, all;
     char *envp[] = {NULL};
 
-    if (!get_args(env, info, 3, argv) ||
+    if (!get_args(env, info, 4, argv) ||
         !get_string(env, argv[0], "spawnDetached", "path", path, sizeof path, &too_long))
+        return NULL;
+    if (napi_typeof(env, argv[3], &tag_type) != napi_ok)
+        return throw_type(env, "spawnDetached", "bad tag");
+    if (tag_type != napi_undefined && !get_int(env, argv[3], "spawnDetached", "tag", -1, INT64_MAX / 2, &tag))
         return NULL;
     if (too_long)
         return throw_range(env, "spawnDetached", "path is too long");
@@ -1130,9 +1332,17 @@ static napi_value SpawnDetached(napi_env env, napi_callback_info info) {
     if (err)
         throw_errno(env, "posix_spawn", err);
 out_fds:
-    for (uint32_t i = 0; i < nfds; i++)
-        if (high[i] >= 0)
-            close(high[i]);
+    /* The copies may be files on a caller's FUSE filesystem: their close may block (drop_fds). */
+    {
+        int copies[SPAWN_MAX_FDS];
+        size_t ncopies = 0;
+        for (uint32_t i = 0; i < nfds; i++)
+            if (high[i] >= 0)
+                copies[ncopies++] = high[i];
+        if (ncopies && (tag < 0 || drop_fds(copies, ncopies, tag) != 0))
+            for (size_t i = 0; i < ncopies; i++)
+                close(copies[i]);
+    }
 out_args:
     for (uint32_t i = 0; i < nargs && i < SPAWN_MAX_ARGS; i++)
         free(args[i]);
@@ -1216,6 +1426,7 @@ static napi_value Init(napi_env env, napi_value exports) {
         {"fdInfo", FdInfo}, {"statxMount", StatxMount}, {"openat", Openat},
         {"fstatfs", Fstatfs}, {"flock", Flock}, {"dupCloexec", DupCloexec},
         {"spawnDetached", SpawnDetached}, {"pipe", Pipe}, {"socketpair", Socketpair}, {"pidfdReap", PidfdReap},
+        {"dropFds", DropFds}, {"closersAlive", ClosersAlive}, {"fstatfsStart", FstatfsStart},
     };
     static const struct {
         const char *name;

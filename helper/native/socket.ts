@@ -45,7 +45,7 @@ export interface Received {
   data: Buffer;
   /** Received descriptors, close-on-exec, owned by the caller. */
   fds: number[];
-  /** MSG_TRUNC or MSG_CTRUNC, or more descriptors than maxFds arrived (the extra ones were closed). */
+  /** MSG_TRUNC or MSG_CTRUNC, or more descriptors than maxFds arrived (the extra ones were dropped with dropFds). */
   truncated: boolean;
   /** The peer closed: 0 bytes and no descriptors. */
   eof: boolean;
@@ -122,7 +122,10 @@ interface Native {
   connectStream(path: string): number;
   accept(fd: number, nonblock: boolean): Peer | null;
   send(fd: number, data: Uint8Array, fds: readonly number[]): number;
-  recv(fd: number, maxBytes: number, maxFds: number): Received | null;
+  recv(fd: number, maxBytes: number, maxFds: number, tag?: number): Received | null;
+  dropFds(fds: number[], tag: number): void;
+  closersAlive(tag: number): number;
+  fstatfsStart(fd: number, tag: number): number;
   poll(fd: number, events: PollEvents, callback: PollCallback): WatcherHandle;
   pollStop(handle: WatcherHandle): void;
   pollRef(handle: WatcherHandle): void;
@@ -137,7 +140,7 @@ interface Native {
   fstatfs(fd: number): StatfsInfo;
   flock(fd: number, exclusive: boolean, nonblock: boolean): boolean;
   dupCloexec(fd: number): number;
-  spawnDetached(path: string, args: string[], fds: number[]): number;
+  spawnDetached(path: string, args: string[], fds: number[], tag?: number): number;
   pipe(): [number, number];
   socketpair(): [number, number];
   pidfdReap(pidfd: number): { code: number; signal: number } | null;
@@ -218,8 +221,30 @@ export function send(fd: number, data: Uint8Array, fds: readonly number[] = []):
  * recvmsg(MSG_CMSG_CLOEXEC) of one message: null when nothing waits (EAGAIN, non-blocking fd),
  * otherwise the data, every received descriptor (close them), `truncated`, and `eof`.
  */
-export function recv(fd: number, maxBytes: number, maxFds: number): Received | null {
-  return native.recv(fd, maxBytes, maxFds);
+export function recv(fd: number, maxBytes: number, maxFds: number, tag = -1): Received | null {
+  return native.recv(fd, maxBytes, maxFds, tag);
+}
+
+/**
+ * Closes descriptors a caller sent without ever blocking this thread: O_PATH ones at once, the
+ * others in a child that shares the descriptor table (close() of a FUSE file waits for its
+ * server's FLUSH answer, uninterruptibly). `tag` (the caller's uid) is what closersAlive counts.
+ */
+export function dropFds(fds: readonly number[], tag: number): void {
+  native.dropFds([...fds], tag);
+}
+
+/** Closers (and bounded fstatfs children) of `tag` (-1: all) that have not finished yet. */
+export function closersAlive(tag = -1): number {
+  return native.closersAlive(tag);
+}
+
+/**
+ * Starts fstatfs(fd) in a child sharing the fd table; returns a non-blocking pipe read end that
+ * becomes readable with 24 bytes (int64 -errno|0, f_type, f_flags). The caller owns the deadline.
+ */
+export function fstatfsStart(fd: number, tag: number): number {
+  return native.fstatfsStart(fd, tag);
 }
 
 /**
@@ -325,8 +350,8 @@ export function dupCloexec(fd: number): number {
  * inherited. posix_spawn, so the cost does not grow with the caller's heap as fork() does.
  * The caller must reap it with pidfdReap once its pidfd is readable.
  */
-export function spawnDetached(path: string, args: string[], fds: number[]): number {
-  return native.spawnDetached(path, args, fds);
+export function spawnDetached(path: string, args: string[], fds: number[], tag = -1): number {
+  return native.spawnDetached(path, args, fds, tag);
 }
 
 /** A connected AF_UNIX SOCK_SEQPACKET pair, close-on-exec: [a, b]. */
