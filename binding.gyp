@@ -45,6 +45,11 @@
       "target_name": "sandbox-probe-hog",
       "type": "executable",
       "sources": ["test/native/hog.c"]
+    },
+    {
+      "target_name": "fuse-hang",
+      "type": "executable",
+      "sources": ["test/native/fuse-hang.c"]
     }
   ]
 }

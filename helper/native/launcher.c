@@ -77,6 +77,7 @@ enum { EXIT_STOPPED = 0, EXIT_ENDED = 1, EXIT_START_FAILED = 2, EXIT_SPEC = 64, 
 
 #define SPEC_MAX (64 * 1024)
 #define LOG_CAP (1024 * 1024)   /* server output copied into the instance log, at most */
+#define LOG_RESERVE (16 * 1024) /* for the launcher's own last lines past LOG_CAP */
 #define TAIL_MAX 2048           /* server output kept in memory for error messages */
 #define HIGH_FD 64              /* fds are parked above this while the child rearranges them */
 #define KILL_GRACE_MS 2000      /* SIGTERM -> SIGKILL during a stop */
@@ -208,7 +209,10 @@ static struct {
 
 static void state_write(void);
 static void teardown_before_ready(void);
-static siginfo_t reap(int *pidfd);
+static noreturn void exit_leaving_source(int status);
+static bool reap_within(int *pidfd, int ms, siginfo_t *out);
+static void abort_connection(void);
+#define REAP_BOUND_MS 2000      /* longest wait for a killed child (it may be stuck in FUSE) */
 
 /* ---------------------------------------------------------------------------------------- */
 /* Small utilities                                                                           */
@@ -237,8 +241,16 @@ static void logmsg(const char *fmt, ...)
 	vsnprintf(buf + n, sizeof buf - (size_t)n - 1, fmt, ap);
 	va_end(ap);
 	strcat(buf, "\n");
+	/* Our own lines count in the log cap with the server's output; past it a small reserve
+	 * keeps the last lines (how the instance ended) and the rest is dropped. */
+	size_t len = strlen(buf);
+	if (G.log_written + len > LOG_CAP + LOG_RESERVE) {
+		G.log_dropped += len;
+		return;
+	}
+	G.log_written += len;
 	/* fd 2 is the instance log; nothing useful can be done if it fails */
-	if (write(STDERR_FILENO, buf, strlen(buf)) < 0) {}
+	if (write(STDERR_FILENO, buf, len) < 0) {}
 }
 
 /* Readiness and state messages are one line: no TAB, LF or control characters. */
@@ -452,18 +464,21 @@ static noreturn void vfail(const char *code, int err, const char *fmt, va_list a
 		snprintf(G.reason, sizeof G.reason, "start failed: %s %s", code, msg);
 		cgroups_remove();
 		state_write();
-		_exit(EXIT_START_FAILED);
+		exit_leaving_source(EXIT_START_FAILED);
 	}
 	/* after ready: nothing sensible is left to do but let the loop's cleanup happen */
 	if (G.server_pidfd >= 0)
 		pidfd_send_signal(G.server_pidfd, SIGKILL, NULL, 0);
 	G.phase = PHASE_EXITED;
 	snprintf(G.reason, sizeof G.reason, "launcher error: %s %s", code, msg);
-	if (G.server_pidfd >= 0)
-		reap(&G.server_pidfd);
+	if (G.server_pidfd >= 0 && !reap_within(&G.server_pidfd, REAP_BOUND_MS, NULL)) {
+		abort_connection();
+		if (!reap_within(&G.server_pidfd, REAP_BOUND_MS, NULL))
+			close_fd(&G.server_pidfd);
+	}
 	cgroups_remove();
 	state_write();
-	_exit(EXIT_ENDED);
+	exit_leaving_source(EXIT_ENDED);
 }
 
 static noreturn void fail(const char *code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -2059,10 +2074,19 @@ static int run_attacher(const char **what)
 	}
 	G.maybe_attached = true;
 	close(p[1]);
-	if (read(p[0], &r, sizeof r) != sizeof r)
+	/* move_mount onto a caller's target should not reach a filesystem, but a caller's FUSE
+	 * target must not be able to hold the launcher in any case: bounded (ETIMEDOUT). */
+	struct pollfd pp = {.fd = p[0], .events = POLLIN};
+	if (poll(&pp, 1, (int)S.ready_timeout_ms) != 1 || read(p[0], &r, sizeof r) != sizeof r)
 		r.stage = -1;
 	close(p[0]);
-	reap(&pidfd);
+	if (r.stage == -1)
+		pidfd_send_signal(pidfd, SIGKILL, NULL, 0);
+	if (!reap_within(&pidfd, REAP_BOUND_MS, NULL)) {
+		close_fd(&pidfd);
+		if (r.stage == -1)
+			return ETIMEDOUT;
+	}
 	switch (r.stage) {
 	case CHECK_OK:
 		return 0;
@@ -2077,13 +2101,64 @@ static int run_attacher(const char **what)
 	}
 }
 
-/* Wait for a child through its pidfd; returns its siginfo. */
-static siginfo_t reap(int *pidfd)
+/*
+ * Wait at most ms for a child. A child that has sent a FUSE request its server read waits
+ * for the answer whatever the signal (SIGKILL too), until the connection is aborted; so no
+ * wait on a child is unbounded. Gives up after ms with false (the pidfd stays open, so the
+ * caller can abort the connection and try again, or close it and leave the child to
+ * whoever reaps orphans).
+ */
+static bool reap_within(int *pidfd, int ms, siginfo_t *out)
 {
 	siginfo_t si = {0};
-	while (waitid((idtype_t)P_PIDFD, (id_t)*pidfd, &si, WEXITED) < 0 && errno == EINTR) {}
+	int64_t end = now_ms() + ms;
+	if (*pidfd < 0)
+		return true;
+	for (;;) {
+		si.si_pid = 0;
+		if (waitid((idtype_t)P_PIDFD, (id_t)*pidfd, &si, WEXITED | WNOHANG) == 0 && si.si_pid != 0)
+			break;
+		if (errno == ECHILD) {
+			si.si_pid = 0;
+			break;  /* already reaped elsewhere */
+		}
+		int64_t left = end - now_ms();
+		if (left <= 0) {
+			return false;
+		}
+		struct pollfd p = {.fd = *pidfd, .events = POLLIN};
+		if (poll(&p, 1, (int)left) < 0 && errno != EINTR) {
+			logmsg("poll(child pidfd): %s", strerror(errno));
+			return false;
+		}
+	}
 	close_fd(pidfd);
-	return si;
+	if (out)
+		*out = si;
+	return true;
+}
+
+/*
+ * _exit without closing the caller's source fd here: close() of a file on a FUSE mount the
+ * caller runs sends FLUSH and waits for that server as long as the caller likes (and so would
+ * our exit). Everything else is closed first; then a child sharing our fd table (CLONE_FILES)
+ * does the one close of the source, so the FLUSH waits in it, not in us. Our exit only drops
+ * our reference to the table.
+ */
+static noreturn void exit_leaving_source(int status)
+{
+	if (S.fd_source >= 0) {
+		int keep[1] = {S.fd_source}, pidfd = -1;
+		if (S.fd_source < 3 || close_fds_except(keep, 1, 0) < 0)
+			_exit(status);
+		pid_t pid = clone_pidfd(CLONE_FILES, &pidfd);
+		if (pid == 0) {
+			close(S.fd_source);
+			_exit(0);
+		}
+		/* pid < 0: our own exit closes it, as before */
+	}
+	_exit(status);
 }
 
 static void kill_and_reap(int *pidfd)
@@ -2091,7 +2166,36 @@ static void kill_and_reap(int *pidfd)
 	if (*pidfd < 0)
 		return;
 	pidfd_send_signal(*pidfd, SIGKILL, NULL, 0);
-	reap(pidfd);
+	if (!reap_within(pidfd, REAP_BOUND_MS, NULL)) {
+		logmsg("a killed helper did not exit within %d ms (stuck in a FUSE request?): left behind",
+		       REAP_BOUND_MS);
+		close_fd(pidfd);
+	}
+}
+
+/*
+ * End the FUSE connection without the server's help, so that every request waiting on it
+ * (the checker's statfs, a caller's stat) fails ENOTCONN: our own /dev/fuse copy goes,
+ * and where fusectl is mounted the connection's abort file is written (it names the
+ * connection by the superblock's minor device; statx with DONT_SYNC asks no server).
+ */
+static void abort_connection(void)
+{
+	struct statx stx;
+	char path[80];
+	close_fd(&G.devfuse);
+	if (G.mntfd < 0 ||
+	    statx(G.mntfd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, 0, &stx) < 0)
+		return;
+	snprintf(path, sizeof path, "/sys/fs/fuse/connections/%u/abort", stx.stx_dev_minor);
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		return;  /* fusectl not mounted: killing the server is what ends the connection */
+	if (write(fd, "1", 1) != 1)
+		logmsg("write(%s): %s", path, strerror(errno));
+	else
+		logmsg("FUSE connection %u aborted", stx.stx_dev_minor);
+	close(fd);
 }
 
 /*
@@ -2131,8 +2235,12 @@ static void detach_mount(void)
 	}
 	if (pid == 0)
 		detacher_child();
-	si = reap(&pidfd);
-	if (si.si_code != CLD_EXITED)
+	/* umount2(MNT_DETACH) asks no server, but stay bounded anyway */
+	if (!reap_within(&pidfd, REAP_BOUND_MS, &si)) {
+		close_fd(&pidfd);
+		logmsg("detach: helper did not finish");
+	}
+	else if (si.si_code != CLD_EXITED)
 		logmsg("detach: helper killed by signal %d", si.si_status);
 	else if (si.si_status == EINVAL)
 		logmsg("detach: not mounted in the caller's namespace (already unmounted)");
@@ -2144,21 +2252,36 @@ static void detach_mount(void)
 }
 
 /* Everything that must not outlive a failed start: helpers, server, mount, fds. */
+/* The order matters: the checker may wait in a FUSE request that no signal ends, so the
+ * connection is aborted first (server killed, our /dev/fuse copy closed, fusectl abort if
+ * the server does not go at once), and only then are the helpers reaped. */
 static void teardown_before_ready(void)
 {
-	kill_and_reap(&G.checker_pidfd);
-	detach_mount();
-	close_fd(&G.mntfd);
+	if (G.server_pidfd >= 0)
+		pidfd_send_signal(G.server_pidfd, SIGKILL, NULL, 0);
 	close_fd(&G.devfuse);
 	if (G.server_pidfd >= 0) {
 		siginfo_t si;
-		pidfd_send_signal(G.server_pidfd, SIGKILL, NULL, 0);
-		si = reap(&G.server_pidfd);
-		if (si.si_code == CLD_EXITED)
+		bool gone = reap_within(&G.server_pidfd, 200, &si);
+		if (!gone) {
+			/* its exit may be stuck closing a FUSE file of someone else's: abort ours */
+			abort_connection();
+			gone = reap_within(&G.server_pidfd, REAP_BOUND_MS, &si);
+		}
+		if (!gone) {
+			logmsg("the killed server did not exit within %d ms: left behind", REAP_BOUND_MS);
+			close_fd(&G.server_pidfd);
+		} else if (si.si_code == CLD_EXITED) {
 			G.exit_code = si.si_status;
-		else
+		} else {
 			G.exit_signal = si.si_status;
+		}
 	}
+	if (G.checker_pidfd >= 0 && !reap_within(&G.checker_pidfd, 200, NULL))
+		abort_connection();  /* the server is gone, yet the checker still waits */
+	kill_and_reap(&G.checker_pidfd);
+	detach_mount();
+	close_fd(&G.mntfd);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -2183,6 +2306,30 @@ static bool read_remote_string(pid_t pid, uint64_t addr, char *buf, size_t size)
 		got += (size_t)n;
 	}
 	return false;  /* longer than PATH_MAX: not our sentinel */
+}
+
+/* One "source handed" line per interval: a server opening its sentinel in a loop must not
+ * fill the instance log with it. */
+#define HANDED_INTERVAL_MS 5000
+static int64_t handed_since;
+static unsigned long handed_repeats;
+static void source_handed_flush(void)
+{
+	if (handed_repeats)
+		logmsg("source handed to the server %lu more times in the last %lld s", handed_repeats,
+		       (long long)((now_ms() - handed_since + 999) / 1000));
+	handed_repeats = 0;
+}
+static void source_handed_note(void)
+{
+	int64_t now = now_ms();
+	if (handed_since && now - handed_since < HANDED_INTERVAL_MS) {
+		handed_repeats++;
+		return;
+	}
+	source_handed_flush();
+	handed_since = now;
+	logmsg("source handed to the server");
 }
 
 static void notify_respond(uint64_t id, int error, uint32_t flags)
@@ -2235,9 +2382,12 @@ static void handle_notification(void)
 		notify_respond(req.id, 0, SECCOMP_USER_NOTIF_FLAG_CONTINUE);
 		return;
 	}
-	/* the pid we read from is still the task that made this call */
-	if (ioctl(G.notify_fd, SECCOMP_IOCTL_NOTIF_ID_VALID, &req.id) < 0)
+	/* the pid we read from is still the task that made this call (ENOENT: it is gone) */
+	if (ioctl(G.notify_fd, SECCOMP_IOCTL_NOTIF_ID_VALID, &req.id) < 0) {
+		if (errno != ENOENT)
+			notify_respond(req.id, EIO, 0);
 		return;
+	}
 	if ((flags & O_ACCMODE) != O_RDONLY && G.source_accmode == O_RDONLY) {
 		notify_respond(req.id, EROFS, 0);
 		return;
@@ -2248,10 +2398,18 @@ static void handle_notification(void)
 		.srcfd = (uint32_t)S.fd_source,
 		.newfd_flags = (uint32_t)(flags & O_CLOEXEC),
 	};
-	if (ioctl(G.notify_fd, SECCOMP_IOCTL_NOTIF_ADDFD, &addfd) < 0 && errno != ENOENT)
-		logmsg("SECCOMP_IOCTL_NOTIF_ADDFD: %s", strerror(errno));
-	else
-		logmsg("source handed to the server");
+	if (ioctl(G.notify_fd, SECCOMP_IOCTL_NOTIF_ADDFD, &addfd) < 0) {
+		/* ENOENT: the task is gone. Anything else (EMFILE at the server's RLIMIT_NOFILE,
+		 * ...) left the call unanswered: answer it with that errno, or the open waits
+		 * for ever. */
+		int err = errno;
+		if (err != ENOENT) {
+			logmsg("SECCOMP_IOCTL_NOTIF_ADDFD: %s", strerror(err));
+			notify_respond(req.id, err, 0);
+		}
+		return;
+	}
+	source_handed_note();
 }
 
 static void tail_append(const char *buf, size_t n)
@@ -2306,10 +2464,13 @@ static const char *tail_last_lines(void)
 }
 
 /* Copy server output into the instance log (fd 2), at most LOG_CAP bytes in all. */
+#define PUMP_PER_WAKEUP (64 * 1024)
 static void pump_log(void)
 {
 	char buf[8192];
-	for (;;) {
+	/* At most PUMP_PER_WAKEUP per call: a server that writes without pause must not keep the
+	 * loop from its notifications and signals; poll() brings us back for the rest. */
+	for (size_t done = 0; done < PUMP_PER_WAKEUP;) {
 		ssize_t n = read(G.log_fd, buf, sizeof buf);
 		if (n < 0 && errno == EINTR)
 			continue;
@@ -2319,8 +2480,9 @@ static void pump_log(void)
 			close_fd(&G.log_fd);
 			return;
 		}
+		done += (size_t)n;
 		tail_append(buf, (size_t)n);
-		size_t room = LOG_CAP - G.log_written, take = (size_t)n < room ? (size_t)n : room;
+		size_t room = G.log_written < LOG_CAP ? LOG_CAP - G.log_written : 0, take = (size_t)n < room ? (size_t)n : room;
 		if (take && write_all(STDERR_FILENO, buf, take))
 			G.log_written += take;
 		if (take < (size_t)n) {
@@ -2351,8 +2513,10 @@ static void describe_exit(const siginfo_t *si, char *out, size_t size)
 /* After the server is gone: last output, the end state, exit. */
 static noreturn void finish(int status)
 {
-	if (G.log_fd >= 0)
+	/* the server is gone: its pipe has an end, but stay bounded (a grandchild may write) */
+	for (int i = 0; i < 32 && G.log_fd >= 0; i++)
 		pump_log();
+	source_handed_flush();
 	if (G.log_dropped)
 		logmsg("%zu bytes of server output were dropped", G.log_dropped);
 	close_fd(&G.notify_fd);
@@ -2365,7 +2529,7 @@ static noreturn void finish(int status)
 	}
 	logmsg("%s", G.reason);
 	set_phase(PHASE_EXITED);
-	_exit(status);
+	exit_leaving_source(status);
 }
 
 static void on_server_exit(void)
@@ -2415,7 +2579,8 @@ static void on_checker_done(void)
 	if (read(G.checker_rd, &r, sizeof r) != sizeof r)
 		r.stage = -1;
 	close_fd(&G.checker_rd);
-	si = reap(&G.checker_pidfd);
+	if (!reap_within(&G.checker_pidfd, REAP_BOUND_MS, &si))
+		close_fd(&G.checker_pidfd);
 
 	switch (r.stage) {
 	case CHECK_OK:
@@ -2455,6 +2620,9 @@ static void on_checker_done(void)
 	logmsg("ready: server pid %d, mount id %llu (%llu)", (int)G.server_pid, (unsigned long long)G.mnt_id, old_id);
 }
 
+static int64_t stop_end;       /* PHASE_STOPPING: when SIGKILL goes, at the latest */
+static int64_t abandon_deadline; /* after SIGKILL: a server whose exit is stuck is left */
+
 /* SIGTERM/SIGINT/SIGHUP: unmount, then let the server finish (docs/launcher.md). */
 static void begin_stop(int signo)
 {
@@ -2472,7 +2640,13 @@ static void begin_stop(int signo)
 	close_fd(&G.mntfd);
 	/* With a mount, detaching it ends the connection and a FUSE server exits by itself;
 	 * without one (unit mode) there is nothing to wait for. */
-	G.term_deadline = now_ms() + (S.mount_fuse ? S.stop_timeout_ms : 0);
+	/* The whole stop fits in stop_timeout_ms: SIGTERM leaves KILL_GRACE_MS (at most half)
+	 * before SIGKILL at the end of it. */
+	int64_t grace = S.stop_timeout_ms / 2 < KILL_GRACE_MS ? S.stop_timeout_ms / 2 : KILL_GRACE_MS;
+	stop_end = now_ms() + (S.mount_fuse ? S.stop_timeout_ms : 0);
+	G.term_deadline = stop_end - (S.mount_fuse ? grace : 0);
+	if (G.term_deadline <= 0)
+		G.term_deadline = 1;
 }
 
 static void on_signals(void)
@@ -2495,20 +2669,30 @@ static void on_timeouts(void)
 		logmsg("server still running: SIGTERM");
 		pidfd_send_signal(G.server_pidfd, SIGTERM, NULL, 0);
 		G.term_deadline = 0;
-		G.kill_deadline = now + KILL_GRACE_MS;
+		G.kill_deadline = stop_end > now ? stop_end : now + KILL_GRACE_MS;
 	}
 	if (G.kill_deadline && now >= G.kill_deadline) {
 		logmsg("server still running: SIGKILL");
 		pidfd_send_signal(G.server_pidfd, SIGKILL, NULL, 0);
 		G.kill_deadline = 0;
+		abandon_deadline = now + REAP_BOUND_MS;
+	}
+	if (abandon_deadline && now >= abandon_deadline && G.server_pidfd >= 0) {
+		/* its exit is stuck (closing a FUSE file of someone else's): the instance ends
+		 * without it; whoever reaps orphans gets it once that file lets go */
+		abandon_deadline = 0;
+		close_fd(&G.server_pidfd);
+		snprintf(G.reason, sizeof G.reason, "%s; the killed server did not exit",
+			 S.mount_fuse ? "unmounted" : "stopped");
+		finish(EXIT_ENDED);
 	}
 }
 
 static int poll_timeout(void)
 {
 	int64_t next = 0, now = now_ms();
-	int64_t d[] = {G.ready_deadline, G.term_deadline, G.kill_deadline};
-	for (size_t i = 0; i < 3; i++)
+	int64_t d[] = {G.ready_deadline, G.term_deadline, G.kill_deadline, abandon_deadline};
+	for (size_t i = 0; i < 4; i++)
 		if (d[i] && (!next || d[i] < next))
 			next = d[i];
 	if (!next)

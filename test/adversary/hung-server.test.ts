@@ -1,0 +1,182 @@
+// Servers that hang or flood (issue 15, sections 2 and 3): test/native/fuse-hang.c in its modes,
+// against a real broker. Each test asserts the request ends within a bound and that no launcher,
+// server or mount is left (checked in /proc).
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { chownSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { execa } from 'execa';
+import { clientArgs, instanceProcesses, makeDir, newCaller, processes, startBroker, tmpdir, waitFor, NATIVE, ROOT, type Broker, type Caller } from '../lib/harness.js';
+
+const READY_MS = 1500;
+const STOP_MS = 2000;
+
+async function setup(mode: string) {
+  const dir = tmpdir();
+  const serverDir = path.join(dir, 'server');
+  mkdirSync(serverDir);
+  writeFileSync(
+    path.join(serverDir, 'hang.json'),
+    JSON.stringify({
+      name: 'hang',
+      description: 'fuse-hang test server',
+      fstypes: ['hang'],
+      exec: '/opt/fuse-hang',
+      argv: ['fuse-hang', mode, '{source}', '{mountpoint}'],
+      fuseFd: 'devfd',
+      source: 'seccomp-notify',
+      seccompPolicy: 'fuse2fs',
+      sandbox: path.relative(serverDir, path.join(ROOT, 'server', 'fuse2fs.sandbox')),
+      paths: [{ src: path.join(NATIVE, 'fuse-hang'), dst: '/opt/fuse-hang' }],
+      readyTimeoutMs: READY_MS,
+      stopTimeoutMs: STOP_MS,
+    }),
+  );
+  const broker = await startBroker({ config: { server_dir: serverDir, fstypes: ['hang'], pool_size: 0 } });
+  const caller = await newCaller();
+  const src = path.join(dir, 'source');
+  writeFileSync(src, 'a source descriptor for the server\n');
+  chownSync(src, 1000, 1000);
+  const mnt = makeDir(path.join(dir, 'mnt'));
+  return { dir, broker, caller, src, mnt };
+}
+
+const left = (b: Broker) => [...instanceProcesses(b.runtimeDir), ...processes(['fuse-hang'])];
+
+function logs(runtimeDir: string): string {
+  let out = '';
+  const walk = (d: string) => {
+    for (const e of readdirSync(d, { withFileTypes: true })) {
+      const p = path.join(d, e.name);
+      if (e.isDirectory()) walk(p);
+      else if (e.name.endsWith('log') && !/pool-\d+\.log$/.test(e.name)) out += readFileSync(p, 'utf8');
+    }
+  };
+  walk(runtimeDir);
+  return out;
+}
+
+async function cleanup(t: { dir: string; broker?: Broker; caller?: Caller }) {
+  await t.broker?.stop();
+  await t.caller?.close();
+  rmSync(t.dir, { recursive: true, force: true });
+}
+
+test('an INIT-only server: the mount ends by the ready deadline, nothing left', async () => {
+  const t = await setup('init');
+  try {
+    const t0 = Date.now();
+    const m = await t.caller.run(clientArgs(t.broker.socket, 'mount', '-t', 'hang', '-o', 'ro', t.src, t.mnt), { timeout: 20000 });
+    const took = Date.now() - t0;
+    assert.is.not(m.exitCode, 0);
+    assert.match(m.stderr, /ETIMEDOUT_SERVER/);
+    assert.ok(took < READY_MS + 6000, `took ${took} ms`);
+    await waitFor('no launcher, server or checker', () => left(t.broker).length === 0, 5000);
+    assert.equal(t.caller.fuseMounts(), []);
+  } finally {
+    await cleanup(t);
+  }
+});
+
+test('a server that stops answering after ready: unmount returns, the instance ends, nothing left', async () => {
+  const t = await setup('ready');
+  try {
+    const m = await t.caller.run(clientArgs(t.broker.socket, 'mount', '-t', 'hang', '-o', 'ro', t.src, t.mnt), { timeout: 20000 });
+    assert.is(m.exitCode, 0, m.stderr);
+    const t0 = Date.now();
+    const u = await t.caller.run(clientArgs(t.broker.socket, 'unmount', t.mnt), { timeout: 20000 });
+    assert.is(u.exitCode, 0, u.stderr);
+    assert.equal(t.caller.fuseMounts(), []);
+    await waitFor('the instance to end', () => left(t.broker).length === 0, STOP_MS + 3000);
+    assert.ok(Date.now() - t0 < STOP_MS + 3000, `took ${Date.now() - t0} ms`);
+  } finally {
+    await cleanup(t);
+  }
+});
+
+test('SIGTERM to the launcher of a server that ignores it ends the instance within stop_timeout_ms', async () => {
+  const t = await setup('ready');
+  try {
+    const m = await t.caller.run(clientArgs(t.broker.socket, 'mount', '-t', 'hang', '-o', 'ro', t.src, t.mnt), { timeout: 20000 });
+    assert.is(m.exitCode, 0, m.stderr);
+    const launchers = instanceProcesses(t.broker.runtimeDir).filter((p) => p.comm.startsWith('fuse-svc-launch'));
+    assert.is(launchers.length, 1);
+    const t0 = Date.now();
+    process.kill(launchers[0].pid, 'SIGTERM');
+    await waitFor('the instance to end', () => left(t.broker).length === 0, STOP_MS + 3000);
+    assert.ok(Date.now() - t0 < STOP_MS + 1000, `took ${Date.now() - t0} ms`);
+    assert.equal(t.caller.fuseMounts(), []);
+  } finally {
+    await cleanup(t);
+  }
+});
+
+test('`fuse-svcd stop` ends an instance whose server hangs', async () => {
+  const t = await setup('ready');
+  try {
+    const m = await t.caller.run(clientArgs(t.broker.socket, 'mount', '-t', 'hang', '-o', 'ro', t.src, t.mnt), { timeout: 20000 });
+    assert.is(m.exitCode, 0, m.stderr);
+    const t0 = Date.now();
+    await execa(process.execPath, [path.join(ROOT, 'dist', 'supervisor', 'main.js'), 'stop', '--runtime-dir', t.broker.runtimeDir, '--timeout', '20000'], { reject: false, timeout: 30000 });
+    await waitFor('the instance to end', () => left(t.broker).length === 0, STOP_MS + 3000);
+    assert.ok(Date.now() - t0 < STOP_MS + 3000, `took ${Date.now() - t0} ms`);
+    assert.equal(t.caller.fuseMounts(), []);
+  } finally {
+    await cleanup(t);
+  }
+});
+
+test('a server opening its sentinel in a loop: a bounded number of "source handed" lines', async () => {
+  const t = await setup('openloop');
+  try {
+    const m = await t.caller.run(clientArgs(t.broker.socket, 'mount', '-t', 'hang', '-o', 'ro', t.src, t.mnt), { timeout: 20000 });
+    assert.is(m.exitCode, 0, m.stderr);
+    const u = await t.caller.run(clientArgs(t.broker.socket, 'unmount', t.mnt), { timeout: 20000 });
+    assert.is(u.exitCode, 0, u.stderr);
+    await waitFor('the instance to end', () => left(t.broker).length === 0, 5000);
+    const log = logs(t.broker.runtimeDir);
+    assert.match(log, /opened the source 3000 times/);
+    const lines = log.split('\n').filter((l) => /source handed to the server/.test(l));
+    assert.ok(lines.length >= 1 && lines.length <= 4, `${lines.length} lines`);
+    assert.match(log, /source handed to the server \d+ more times in the last \d+ s/);
+  } finally {
+    await cleanup(t);
+  }
+});
+
+test('a server writing to stderr without pause: unmount still works promptly, the log stays capped', async () => {
+  const t = await setup('flood');
+  try {
+    const m = await t.caller.run(clientArgs(t.broker.socket, 'mount', '-t', 'hang', '-o', 'ro', t.src, t.mnt), { timeout: 20000 });
+    assert.is(m.exitCode, 0, m.stderr);
+    await new Promise((r) => setTimeout(r, 500));
+    const t0 = Date.now();
+    const u = await t.caller.run(clientArgs(t.broker.socket, 'unmount', t.mnt), { timeout: 20000 });
+    assert.is(u.exitCode, 0, u.stderr);
+    assert.ok(Date.now() - t0 < 3000, `unmount took ${Date.now() - t0} ms`);
+    await waitFor('the instance to end', () => left(t.broker).length === 0, 5000);
+    const log = logs(t.broker.runtimeDir);
+    assert.ok(log.length <= 1024 * 1024 + 32 * 1024, `log ${log.length} bytes`);
+    assert.match(log, /dropping the rest/);
+  } finally {
+    await cleanup(t);
+  }
+});
+
+test('ADDFD failing (the server has no free fd): its open fails instead of hanging', async () => {
+  const t = await setup('emfile');
+  try {
+    const m = await t.caller.run(clientArgs(t.broker.socket, 'mount', '-t', 'hang', '-o', 'ro', t.src, t.mnt), { timeout: 20000 });
+    assert.is(m.exitCode, 0, m.stderr);
+    const u = await t.caller.run(clientArgs(t.broker.socket, 'unmount', t.mnt), { timeout: 20000 });
+    assert.is(u.exitCode, 0, u.stderr);
+    await waitFor('the instance to end', () => left(t.broker).length === 0, 5000);
+    const log = logs(t.broker.runtimeDir);
+    assert.match(log, /emfile open failed: Too many open files/);
+    assert.match(log, /SECCOMP_IOCTL_NOTIF_ADDFD: Too many open files/);
+  } finally {
+    await cleanup(t);
+  }
+});
+
+test.run();
