@@ -6,7 +6,7 @@ import { mkdirSync, readFileSync, readdirSync, readlinkSync, rmSync, writeFileSy
 import path from 'node:path';
 import { execa } from 'execa';
 import { DEFAULTS } from '../supervisor/config.js';
-import { clientArgs, instanceProcesses, makeDir, makeImage, newCaller, procStatus, startBroker, tmpdir, waitFor, type Broker, type Caller } from './lib/harness.js';
+import { clientArgs, instanceProcesses, makeDir, makeImage, newCaller, procStatus, startBroker, tmpdir, waitFor, type Broker, type Caller, USER } from './lib/harness.js';
 
 const s = suite('brokered mount, end to end');
 let broker: Broker;
@@ -132,7 +132,10 @@ s('ext2 and ext3 images mount too', async () => {
 });
 
 s('a uid 1000 caller in its own user namespace (unshare -Ur -m) gets its mount', async () => {
-  const img = await makeImage(dir, 'userns.img', 16);
+  // The superblock belongs to the caller's user namespace, so image ids are read through its map
+  // (0 -> 1000 under unshare -Ur): a root-owned image root is the caller's own directory there.
+  const img = await makeImage(dir, 'userns.img', 16, 'ext4', 0);
+  chownSync(img, USER, USER);
   const mnt = makeDir(path.join(dir, 'mnt-userns'));
   const script = `${clientArgs(broker.socket, 'mount', img, mnt).map((a) => `'${a}'`).join(' ')} && echo data > '${mnt}/f' && cat '${mnt}/f' && grep -c ' ${mnt} ' /proc/self/mountinfo && ${clientArgs(broker.socket, 'unmount', mnt).map((a) => `'${a}'`).join(' ')}`;
   const r = await execa('setpriv', ['--reuid', '1000', '--regid', '1000', '--clear-groups', '--', 'unshare', '-Ur', '-m', '--', 'sh', '-c', script], { reject: false, timeout: 60000 });

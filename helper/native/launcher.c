@@ -64,6 +64,9 @@
 #ifndef NS_GET_NSTYPE
 #define NS_GET_NSTYPE _IO(0xb7, 0x3)         /* linux/nsfs.h */
 #endif
+#ifndef NS_GET_USERNS
+#define NS_GET_USERNS _IO(0xb7, 0x1)         /* linux/nsfs.h */
+#endif
 #ifndef CLONE_PIDFD
 #define CLONE_PIDFD 0x00001000
 #endif
@@ -1254,11 +1257,220 @@ static void fsconfig_uint(int fsfd, const char *key, unsigned long long value)
 	fsconfig_string(fsfd, key, s);
 }
 
+/* ---------------------------------------------------------------------------------------- */
+/* Callers whose mount namespace belongs to another user namespace                           */
+
+/*
+ * Such a caller (unshare -Urm, rootless Podman) is CAP_SYS_ADMIN over its own mount
+ * namespace and may remount, bind or mount_setattr anything attached there: mount flags
+ * cannot keep nodev/nosuid. So its FUSE superblock is made owned by its user namespace
+ * (s_user_ns): the kernel then never honours device nodes on it (SB_I_NODEV, set by
+ * alloc_super for any non-initial s_user_ns), and mnt_may_suid() ignores set-id bits and file
+ * capabilities unless the superblock's namespace is the caller's or an ancestor, so they
+ * give nothing beyond the caller's own namespace. The image's ids are read through that
+ * namespace as well: root-owned files show as the namespace's root.
+ */
+static struct {
+	bool active;     /* the caller's mount namespace is owned by a user namespace not ours */
+	int userns;      /* that user namespace */
+	unsigned long long uid, gid; /* S.owner_uid/gid as that namespace sees them */
+} CU = {.active = false, .userns = -1};
+
+/* "inside outside count" lines of /proc/PID/{uid,gid}_map, read from our (parent) namespace */
+static bool map_id_into(int procdir, const char *file, unsigned long long id, unsigned long long *out)
+{
+	char buf[4096];
+	int fd = openat(procdir, file, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		die_errno("EATTACH", "open(caller's %s)", file);
+	ssize_t n = read(fd, buf, sizeof buf - 1);
+	if (n < 0)
+		die_errno("EATTACH", "read(caller's %s)", file);
+	close(fd);
+	buf[n] = '\0';
+	for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n")) {
+		unsigned long long in, outside, count;
+		if (sscanf(line, "%llu %llu %llu", &in, &outside, &count) == 3 &&
+		    id >= outside && id - outside < count) {
+			*out = in + (id - outside);
+			return true;
+		}
+	}
+	return false;
+}
+
+/*
+ * Find the user namespace that owns the pinned caller mount namespace; if it is not ours,
+ * learn how it sees the owner's uid and gid. The maps are read from the caller's /proc
+ * directory, opened first and then confirmed by the pidfd (a reused pid fails the check),
+ * and only when the caller's own user namespace is the mount namespace's owner.
+ */
+static void enter_caller_userns_prepare(void)
+{
+	struct stat mine, theirs, procns;
+	char path[64], line[128];
+	int pid = -1, procdir, nsfd;
+	FILE *fi;
+
+	CU.userns = ioctl(G.nsfd, NS_GET_USERNS);
+	if (CU.userns < 0)
+		die_errno("EATTACH", "ioctl(caller mount namespace, NS_GET_USERNS)");
+	if (fcntl(CU.userns, F_SETFD, FD_CLOEXEC) < 0)
+		die_errno("EINTERNAL", "fcntl(userns, FD_CLOEXEC)");
+	if (stat("/proc/self/ns/user", &mine) < 0)
+		die_errno("EINTERNAL", "stat(/proc/self/ns/user)");
+	if (fstat(CU.userns, &theirs) < 0)
+		die_errno("EINTERNAL", "fstat(caller user namespace)");
+	if (mine.st_dev == theirs.st_dev && mine.st_ino == theirs.st_ino) {
+		close_fd(&CU.userns);
+		return;
+	}
+	snprintf(path, sizeof path, "/proc/self/fdinfo/%d", S.fd_caller_pidfd);
+	fi = fopen(path, "re");
+	if (!fi)
+		die_errno("EATTACH", "open(%s)", path);
+	while (fgets(line, sizeof line, fi))
+		if (sscanf(line, "Pid: %d", &pid) == 1)
+			break;
+	fclose(fi);
+	if (pid <= 0)
+		fail("EATTACH", "the caller process is gone or not in our pid namespace");
+	snprintf(path, sizeof path, "/proc/%d", pid);
+	procdir = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (procdir < 0)
+		die_errno("EATTACH", "open(%s)", path);
+	if (pidfd_send_signal(S.fd_caller_pidfd, 0, NULL, 0) < 0)
+		die_errno("EATTACH", "pidfd_send_signal(caller, 0)");
+	nsfd = openat(procdir, "ns/user", O_RDONLY | O_CLOEXEC);
+	if (nsfd < 0 || fstat(nsfd, &procns) < 0)
+		die_errno("EATTACH", "open(caller's ns/user)");
+	close(nsfd);
+	if (procns.st_dev != theirs.st_dev || procns.st_ino != theirs.st_ino)
+		fail("EATTACH", "the caller's user namespace does not own its mount namespace");
+	if (!map_id_into(procdir, "uid_map", S.owner_uid, &CU.uid) ||
+	    !map_id_into(procdir, "gid_map", S.owner_gid, &CU.gid))
+		fail("EATTACH", "the caller's uid or gid has no mapping in its own user namespace");
+	close(procdir);
+	CU.active = true;
+	logmsg("caller in a user namespace: its superblock is owned there (uid %llu gid %llu inside)",
+	       CU.uid, CU.gid);
+}
+
+struct cu_result { int err; char call[48]; };
+
+/*
+ * Open /dev/fuse and make the superblock from inside the caller's user namespace, in a child:
+ * setns(userns) drops every capability we have in our own namespace, which the launcher
+ * still needs. /dev/fuse is opened after setns(userns) because FUSE requires the device
+ * file's creds to carry the superblock's user namespace; fsopen comes after setns(mntns)
+ * because it needs CAP_SYS_ADMIN over the current mount namespace's owner. The detached
+ * mount and the device fd come back by SCM_RIGHTS.
+ */
+static void fsconfig_or_report(int fsfd, const char *key, const char *value, struct cu_result *r)
+{
+	if (r->err == 0 && fsconfig(fsfd, FSCONFIG_SET_STRING, key, value, 0) < 0) {
+		r->err = errno;
+		snprintf(r->call, sizeof r->call, "fsconfig(%s)", key);
+	}
+}
+
+static void create_fuse_mount_in_caller_userns(unsigned attrs)
+{
+	int sv[2], pidfd;
+	pid_t pid;
+	struct cu_result r = {0};
+
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
+		die_errno("EINTERNAL", "socketpair(userns mount)");
+	pid = clone_pidfd(0, &pidfd);
+	if (pid < 0)
+		die_errno("EINTERNAL", "clone3(userns mount)");
+	if (pid == 0) {
+		int dev = -1, fsfd = -1, mnt = -1;
+		char num[32];
+		char cbuf[CMSG_SPACE(2 * sizeof(int))] = {0};
+		struct iovec iov = {.iov_base = &r, .iov_len = sizeof r};
+		struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+		G.role = ROLE_HELPER;
+		close(sv[0]);
+#define CU_STEP(cond, name) \
+	if (r.err == 0 && (cond)) { r.err = errno; snprintf(r.call, sizeof r.call, "%s", name); }
+		CU_STEP(setns(CU.userns, CLONE_NEWUSER) < 0, "setns(caller user namespace)");
+		CU_STEP((dev = open("/dev/fuse", O_RDWR | O_CLOEXEC)) < 0, "open(/dev/fuse)");
+		CU_STEP(setns(G.nsfd, CLONE_NEWNS) < 0, "setns(caller mount namespace)");
+		CU_STEP((fsfd = fsopen("fuse", FSOPEN_CLOEXEC)) < 0, "fsopen(fuse)");
+		snprintf(num, sizeof num, "%d", dev);
+		fsconfig_or_report(fsfd, "fd", num, &r);
+		fsconfig_or_report(fsfd, "rootmode", "40000", &r);
+		snprintf(num, sizeof num, "%llu", CU.uid);
+		fsconfig_or_report(fsfd, "user_id", num, &r);
+		snprintf(num, sizeof num, "%llu", CU.gid);
+		fsconfig_or_report(fsfd, "group_id", num, &r);
+		fsconfig_or_report(fsfd, "source", S.fsname ? S.fsname : "fuse-svc", &r);
+		if (S.subtype)
+			fsconfig_or_report(fsfd, "subtype", S.subtype, &r);
+		if (S.max_read >= 0) {
+			snprintf(num, sizeof num, "%lld", (long long)S.max_read);
+			fsconfig_or_report(fsfd, "max_read", num, &r);
+		}
+		CU_STEP(fsconfig(fsfd, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0, "fsconfig(FSCONFIG_CMD_CREATE)");
+		CU_STEP((mnt = fsmount(fsfd, FSMOUNT_CLOEXEC, attrs)) < 0, "fsmount");
+#undef CU_STEP
+		if (r.err == 0) {
+			int fds[2] = {dev, mnt};
+			struct cmsghdr *cm;
+			msg.msg_control = cbuf;
+			msg.msg_controllen = sizeof cbuf;
+			cm = CMSG_FIRSTHDR(&msg);
+			cm->cmsg_level = SOL_SOCKET;
+			cm->cmsg_type = SCM_RIGHTS;
+			cm->cmsg_len = CMSG_LEN(sizeof fds);
+			memcpy(CMSG_DATA(cm), fds, sizeof fds);
+		}
+		_exit(sendmsg(sv[1], &msg, MSG_NOSIGNAL) == (ssize_t)sizeof r ? 0 : 1);
+	}
+	close(sv[1]);
+	{
+		char cbuf[CMSG_SPACE(2 * sizeof(int))];
+		struct iovec iov = {.iov_base = &r, .iov_len = sizeof r};
+		struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1,
+				     .msg_control = cbuf, .msg_controllen = sizeof cbuf};
+		struct cmsghdr *cm;
+		ssize_t n;
+		do
+			n = recvmsg(sv[0], &msg, MSG_CMSG_CLOEXEC);
+		while (n < 0 && errno == EINTR);
+		close(sv[0]);
+		reap(&pidfd);
+		if (n != (ssize_t)sizeof r)
+			fail("EMOUNT", "the userns mount helper died");
+		if (r.err) {
+			r.call[sizeof r.call - 1] = '\0';
+			errno = r.err;
+			die_errno("EMOUNT", "%s (in the caller's user namespace)", r.call);
+		}
+		cm = CMSG_FIRSTHDR(&msg);
+		if (!cm || cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS ||
+		    cm->cmsg_len != CMSG_LEN(2 * sizeof(int)))
+			fail("EINTERNAL", "the userns mount helper sent no descriptors");
+		int fds[2];
+		memcpy(fds, CMSG_DATA(cm), sizeof fds);
+		G.devfuse = fds[0];
+		G.mntfd = fds[1];
+	}
+	close_fd(&CU.userns);
+}
+
 static void create_fuse_mount(void)
 {
 	int fsfd;
 	unsigned attrs = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | (S.readonly ? MOUNT_ATTR_RDONLY : 0);
 
+	enter_caller_userns_prepare();
+	if (CU.active) {
+		create_fuse_mount_in_caller_userns(attrs);
+		return;
+	}
 	G.devfuse = open("/dev/fuse", O_RDWR | O_CLOEXEC);
 	if (G.devfuse < 0)
 		die_errno("EMOUNT", "open(/dev/fuse)");
