@@ -19,6 +19,7 @@ import { processStartTime } from './instances.js';
 import { UnitActivator } from './units/activation.js';
 import { UnitError } from './units/parser.js';
 import { runSecurity } from './units/security.js';
+import { acquireBrokerLock, brokerLockHolders, checkSecureDir, EXIT_BROKER_RUNNING, EXIT_INSECURE_DIR, InsecurePathError, pidFileText, processUid } from './rundir.js';
 
 const DEFAULT_CONFIG_FILE = '/etc/fuse-svc/config.json';
 
@@ -87,6 +88,18 @@ function publishClient(cfg: Config): void {
   rmSync(`${dst}.tmp`, { force: true });
 }
 
+/** The runtime dir and the socket's dir must be secure paths (supervisor/rundir.ts), or exit 77. */
+function secureDirsOrExit(cfg: Config, create: boolean): void {
+  try {
+    checkSecureDir(cfg.runtimeDir, create);
+    checkSecureDir(path.dirname(cfg.socket), create);
+  } catch (e) {
+    if (!(e instanceof InsecurePathError)) throw e;
+    log.error(`refusing to use an insecure runtime path: ${e.message}`);
+    process.exit(EXIT_INSECURE_DIR);
+  }
+}
+
 async function run(a: RunArgs): Promise<void> {
   const cfg = buildConfig(a);
   const checks = hostChecks();
@@ -94,6 +107,12 @@ async function run(a: RunArgs): Promise<void> {
   if (missing.length) {
     for (const c of missing) log.error(`host check failed: ${c.name}: ${c.detail} -> ${c.fix}`);
     process.exit(78);
+  }
+  secureDirsOrExit(cfg, true);
+  // Held (never closed) for the broker's life; the kernel drops it when the process ends.
+  if (acquireBrokerLock(cfg.runtimeDir) === undefined) {
+    log.error(`another broker (pid ${pidFileText(cfg.runtimeDir)}) is serving ${cfg.runtimeDir}; exiting`);
+    process.exit(EXIT_BROKER_RUNNING);
   }
   const servers = loadServers(cfg.serverDir);
   // Units are loaded (and refused with FILE:LINE) before anything listens.
@@ -104,7 +123,6 @@ async function run(a: RunArgs): Promise<void> {
   } catch (e) {
     throw e instanceof UnitError ? new ConfigError(e.message) : e;
   }
-  mkdirSync(cfg.runtimeDir, { recursive: true, mode: 0o755 });
   chmodSync(cfg.runtimeDir, 0o755);
   await ensureVisibleProc(cfg);
   publishClient(cfg);
@@ -129,11 +147,17 @@ async function run(a: RunArgs): Promise<void> {
 
 async function stop(a: RunArgs & { timeout: number }): Promise<void> {
   const cfg = buildConfig(a);
-  // First the broker, so no new mount arrives while the others are taken down.
+  secureDirsOrExit(cfg, false);
+  // First the broker, so no new mount arrives while the others are taken down. broker.pid is
+  // believed only for the process holding the broker lock (/proc/locks), for a root process with the recorded start
+  // time (checked after the pidfd pins the pid): a stale or forged file signals no one.
   try {
     const [pid, start] = readFileSync(path.join(cfg.runtimeDir, 'broker.pid'), 'utf8').trim().split(' ');
-    const pidfd = openLauncherPidfd({ launcher_pid: Number(pid), launcher_start: start } as never);
-    if (pidfd !== undefined) {
+    const pidfd = brokerLockHolders(cfg.runtimeDir).includes(Number(pid)) ? openLauncherPidfd({ launcher_pid: Number(pid), launcher_start: start } as never) : undefined;
+    if (pidfd !== undefined && processUid(Number(pid)) !== 0) {
+      log.warn(`broker.pid names pid ${pid}, not a root process: not signalled`);
+      sock.close(pidfd);
+    } else if (pidfd !== undefined) {
       signalLauncher(pidfd);
       if (!(await waitPidfd(pidfd, 5000))) log.warn(`the broker (pid ${pid}) did not exit within 5 s`);
       sock.close(pidfd);
@@ -200,7 +224,7 @@ async function main(): Promise<void> {
     )
     .epilogue(
       'Files:\n  /run/fuse-svc/broker.sock     the request socket\n  /run/fuse-svc/instances/      one state file and log per instance (survives restarts)\n  /etc/fuse-svc/config.json     optional configuration\n  /etc/fuse.conf                mount_max, user_allow_other (as fusermount)\n\n' +
-        'Signals: SIGTERM/SIGINT end the broker; live mounts keep running and are re-adopted by the next\nbroker. Exit status 78: a required host feature is missing (see `fuse-svcd check`).\n\nDocs: docs/protocol.md, docs/security.md, docs/deploy.md',
+        'Signals: SIGTERM/SIGINT end the broker; live mounts keep running and are re-adopted by the next\nbroker. Exit status 78: a required host feature is missing (see `fuse-svcd check`);\n77: the runtime dir or socket dir (or a parent) is not root-owned and writable by root alone\n(parents may be sticky), or is reached through a symlink; 75: another broker holds the runtime\ndir\'s lock; 64: bad configuration.\n\nDocs: docs/protocol.md, docs/security.md, docs/deploy.md',
     )
     .strict()
     .wrap(Math.min(100, process.stdout.columns || 100))

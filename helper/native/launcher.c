@@ -1071,9 +1071,18 @@ static void rundir_open_and_lock(void)
 
 	if (mkdir(S.rundir, 0700) < 0 && errno != EEXIST)
 		die_errno("EINTERNAL", "mkdir(%s)", S.rundir);
-	rundir = open(S.rundir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	/* The broker checked the whole path; refuse a final symlink or a directory someone else
+	 * could write to anyway, so nothing below is ever created through a planted link. */
+	rundir = open(S.rundir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	if (rundir < 0)
-		die_errno("EINTERNAL", "open(%s)", S.rundir);
+		die_errno("EINTERNAL", "open(%s, O_NOFOLLOW)", S.rundir);
+	{
+		struct stat st;
+		if (fstat(rundir, &st) < 0)
+			die_errno("EINTERNAL", "fstat(%s)", S.rundir);
+		if (st.st_uid != 0 || (st.st_mode & 022))
+			fail("EINTERNAL", "%s is not owned by root and writable by root alone", S.rundir);
+	}
 	G.instdir = open_subdir(rundir, "instances");
 	uids = open_subdir(rundir, "uids");
 	close(rundir);
