@@ -19,7 +19,7 @@ for ((i=0;i<n;i++)); do
   "$client" --socket "$sock" unmount "$dir" >/dev/null || f="$f unmount"
   if [ -n "$f" ]; then echo "fail $i $f"; else echo "ok $t0 $EPOCHREALTIME"; fi
 done
-echo "times $(times | tail -1)"
+echo times; times
 `;
 
 // Plain: what an ordinary machine does (fuse2fs in the foreground, setuid fusermount3), and waits
@@ -45,7 +45,7 @@ for ((i=0;i<n;i++)); do
   wait $p
   if [ -n "$f" ]; then echo "fail $i $f"; else echo "ok $t0 $EPOCHREALTIME"; fi
 done
-echo "times $(times | tail -1)"
+echo times; times
 `;
 
 export type LoadResult = {
@@ -113,11 +113,12 @@ export async function runLoad(kind: 'plain' | 'brokered', setup: LoadSetup, call
   const failures: string[] = [];
   let loopCpu = 0;
   for (const r of res) {
-    for (const line of r.out.split('\n')) {
+    const lines = r.out.split('\n');
+    for (const [i, line] of lines.entries()) {
       const f = line.split(' ');
       if (f[0] === 'ok') lat.push((Number(f[2]) - Number(f[1])) * 1000);
       else if (f[0] === 'fail') failures.push(line);
-      else if (f[0] === 'times') loopCpu += parseTimes(line);
+      else if (f[0] === 'times') loopCpu += parseTimes(lines[i + 2] ?? ''); // the children's line
     }
     if (r.code !== 0) failures.push(`loop exited ${r.code}`);
     // The commands' own messages (refusal codes) explain the failures.
