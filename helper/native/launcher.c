@@ -119,6 +119,7 @@ struct spec {
 	uid_t owner_uid;
 	gid_t owner_gid;
 	bool readonly;
+	bool noexec, default_permissions;
 	long long max_read;
 	int fuse_fd;
 	const char *sentinel;
@@ -655,7 +656,7 @@ static void spec_once(const char *key, bool *seen)
 static void spec_record(char **f, unsigned n)
 {
 	static struct {
-		bool id, rundir, uid, gid, mount, fsname, subtype, owner, readonly, max_read, fuse_fd,
+		bool id, rundir, uid, gid, mount, fsname, subtype, owner, readonly, noexec, default_permissions, max_read, fuse_fd,
 			sentinel, root_usr, root_bin, tmp_size, proc, proc_source, hostname, umask, oom,
 			nnp, cwd, exec, seccomp_default, stop, ready, listen_env, cgroup_joined;
 	} seen;
@@ -714,6 +715,12 @@ static void spec_record(char **f, unsigned n)
 	} else if (!strcmp(k, "mount_readonly")) {
 		NF(1, 1); ONCE(readonly);
 		S.readonly = spec_bool(f[1]);
+	} else if (!strcmp(k, "mount_noexec")) {
+		NF(1, 1); ONCE(noexec);
+		S.noexec = spec_bool(f[1]);
+	} else if (!strcmp(k, "mount_default_permissions")) {
+		NF(1, 1); ONCE(default_permissions);
+		S.default_permissions = spec_bool(f[1]);
 	} else if (!strcmp(k, "mount_max_read")) {
 		NF(1, 1); ONCE(max_read);
 		S.max_read = (long long)spec_uint(f[1], UINT32_MAX);
@@ -1242,7 +1249,8 @@ static void fsconfig_uint(int fsfd, const char *key, unsigned long long value)
 static void create_fuse_mount(void)
 {
 	int fsfd;
-	unsigned attrs = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | (S.readonly ? MOUNT_ATTR_RDONLY : 0);
+	unsigned attrs = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | (S.readonly ? MOUNT_ATTR_RDONLY : 0) |
+			 (S.noexec ? MOUNT_ATTR_NOEXEC : 0);
 
 	G.devfuse = open("/dev/fuse", O_RDWR | O_CLOEXEC);
 	if (G.devfuse < 0)
@@ -1259,6 +1267,9 @@ static void create_fuse_mount(void)
 		fsconfig_string(fsfd, "subtype", S.subtype);
 	if (S.max_read >= 0)
 		fsconfig_uint(fsfd, "max_read", (unsigned long long)S.max_read);
+	/* The kernel then checks mode bits itself, so a server that ignores them cannot widen access. */
+	if (S.default_permissions && fsconfig(fsfd, FSCONFIG_SET_FLAG, "default_permissions", NULL, 0) < 0)
+		die_errno("EMOUNT", "fsconfig(default_permissions)");
 	if (fsconfig(fsfd, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0) {
 		int err = errno;
 		const char *log = fs_context_log(fsfd);
