@@ -361,6 +361,8 @@ export class Broker {
           readOnly: opts.readOnly,
           serverOptions: opts.serverOptions,
           maxRead: opts.maxRead,
+          noexec: opts.noexec,
+          defaultPermissions: opts.defaultPermissions,
           fsname: fsnameFor(req.sourceName),
           fstype: req.fstype,
           cgroup,

@@ -49,6 +49,10 @@ export type MountInstance = {
   callerUid: number;
   callerGid: number;
   readOnly: boolean;
+  /** MOUNT_ATTR_NOEXEC on the FUSE mount (-o noexec). */
+  noexec?: boolean;
+  /** The kernel checks permissions itself (-o default_permissions). */
+  defaultPermissions?: boolean;
   /** Options for the server's -o, already validated. */
   serverOptions: string[];
   /** Kernel mount options already validated (max_read=). */
@@ -85,6 +89,8 @@ export function mountSpec(m: MountInstance): SpecRecord[] {
     ['mount_owner', m.callerUid, m.callerGid],
     ['mount_readonly', m.readOnly ? 1 : 0],
   ];
+  if (m.noexec) recs.push(['mount_noexec', 1]);
+  if (m.defaultPermissions) recs.push(['mount_default_permissions', 1]);
   if (m.maxRead !== undefined) recs.push(['mount_max_read', m.maxRead]);
   recs.push(['fuse_fd', SERVER_FUSE_FD], ['source_sentinel', SOURCE_SENTINEL]);
   recs.push(...sandboxRoot(s, m.standin, m.cgroup));

@@ -123,6 +123,7 @@ struct spec {
 	uid_t owner_uid;
 	gid_t owner_gid;
 	bool readonly;
+	bool noexec, default_permissions;
 	long long max_read;
 	int fuse_fd;
 	const char *sentinel;
@@ -673,7 +674,7 @@ static void spec_once(const char *key, bool *seen)
 static void spec_record(char **f, unsigned n)
 {
 	static struct {
-		bool id, rundir, uid, gid, mount, fsname, subtype, owner, readonly, max_read, fuse_fd,
+		bool id, rundir, uid, gid, mount, fsname, subtype, owner, readonly, noexec, default_permissions, max_read, fuse_fd,
 			sentinel, root_usr, root_bin, tmp_size, proc, proc_source, hostname, umask, oom,
 			nnp, cwd, exec, seccomp_default, stop, ready, listen_env, cgroup_joined;
 	} seen;
@@ -732,6 +733,12 @@ static void spec_record(char **f, unsigned n)
 	} else if (!strcmp(k, "mount_readonly")) {
 		NF(1, 1); ONCE(readonly);
 		S.readonly = spec_bool(f[1]);
+	} else if (!strcmp(k, "mount_noexec")) {
+		NF(1, 1); ONCE(noexec);
+		S.noexec = spec_bool(f[1]);
+	} else if (!strcmp(k, "mount_default_permissions")) {
+		NF(1, 1); ONCE(default_permissions);
+		S.default_permissions = spec_bool(f[1]);
 	} else if (!strcmp(k, "mount_max_read")) {
 		NF(1, 1); ONCE(max_read);
 		S.max_read = (long long)spec_uint(f[1], UINT32_MAX);
@@ -1473,7 +1480,8 @@ static void create_fuse_mount_in_caller_userns(unsigned attrs)
 static void create_fuse_mount(void)
 {
 	int fsfd;
-	unsigned attrs = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | (S.readonly ? MOUNT_ATTR_RDONLY : 0);
+	unsigned attrs = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | (S.readonly ? MOUNT_ATTR_RDONLY : 0) |
+			 (S.noexec ? MOUNT_ATTR_NOEXEC : 0);
 
 	enter_caller_userns_prepare();
 	if (CU.active) {
@@ -1495,6 +1503,9 @@ static void create_fuse_mount(void)
 		fsconfig_string(fsfd, "subtype", S.subtype);
 	if (S.max_read >= 0)
 		fsconfig_uint(fsfd, "max_read", (unsigned long long)S.max_read);
+	/* The kernel then checks mode bits itself, so a server that ignores them cannot widen access. */
+	if (S.default_permissions && fsconfig(fsfd, FSCONFIG_SET_FLAG, "default_permissions", NULL, 0) < 0)
+		die_errno("EMOUNT", "fsconfig(default_permissions)");
 	if (fsconfig(fsfd, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0) {
 		int err = errno;
 		const char *log = fs_context_log(fsfd);
