@@ -1457,7 +1457,11 @@ static void create_fuse_mount_in_caller_userns(unsigned attrs)
 			n = recvmsg(sv[0], &msg, MSG_CMSG_CLOEXEC);
 		while (n < 0 && errno == EINTR);
 		close(sv[0]);
-		reap(&pidfd);
+		/* it has answered (or died): its exit is immediate; never wait without a bound */
+		if (!reap_within(&pidfd, REAP_BOUND_MS, NULL)) {
+			pidfd_send_signal(pidfd, SIGKILL, NULL, 0);
+			close_fd(&pidfd);
+		}
 		if (n != (ssize_t)sizeof r)
 			fail("EMOUNT", "the userns mount helper died");
 		if (r.err) {
