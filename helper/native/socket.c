@@ -530,6 +530,16 @@ struct clone3_args {
         set_tid_size, cgroup;
 };
 
+/* A child sharing our descriptor table (and a copy of the rest), like fork(); pidfd set. */
+static long clone_files_child(int *pidfd) {
+    struct clone3_args ca;
+    memset(&ca, 0, sizeof ca);
+    ca.flags = CLONE_FILES | 0x00001000ULL /* CLONE_PIDFD */;
+    ca.pidfd = (uint64_t)(uintptr_t)pidfd;
+    ca.exit_signal = SIGCHLD;
+    return syscall(SYS_clone3, &ca, sizeof ca);
+}
+
 /* Returns 0, or an errno; on failure the descriptors are still open (the caller decides). */
 static int drop_fds(const int *fds, size_t n, int64_t tag) {
     int slow[SCM_MAX_FD];
@@ -549,12 +559,7 @@ static int drop_fds(const int *fds, size_t n, int64_t tag) {
     if (n_closers >= MAX_CLOSERS)
         return EAGAIN;
     int pidfd = -1;
-    struct clone3_args ca;
-    memset(&ca, 0, sizeof ca);
-    ca.flags = CLONE_FILES | 0x00001000ULL /* CLONE_PIDFD */;
-    ca.pidfd = (uint64_t)(uintptr_t)&pidfd;
-    ca.exit_signal = SIGCHLD;
-    long pid = syscall(SYS_clone3, &ca, sizeof ca);
+    long pid = clone_files_child(&pidfd);
     if (pid < 0)
         return errno;
     if (pid == 0) {
@@ -635,12 +640,7 @@ static napi_value FstatfsStart(napi_env env, napi_callback_info info) {
     if (pipe2(p, O_CLOEXEC | O_NONBLOCK) < 0)
         return throw_errno(env, "pipe2", errno);
     int pidfd = -1;
-    struct clone3_args ca;
-    memset(&ca, 0, sizeof ca);
-    ca.flags = CLONE_FILES | 0x00001000ULL /* CLONE_PIDFD */;
-    ca.pidfd = (uint64_t)(uintptr_t)&pidfd;
-    ca.exit_signal = SIGCHLD;
-    long pid = syscall(SYS_clone3, &ca, sizeof ca);
+    long pid = clone_files_child(&pidfd);
     if (pid < 0) {
         int err = errno;
         close(p[0]);

@@ -25,7 +25,7 @@ s.before(async () => {
     const img = await makeImage(dir, `d${i}.img`, 4);
     pairs.push(`${img}:${makeDir(path.join(dir, `m${i}`))}`);
   }
-  broker = await startBroker({ config: { max_mounts_per_user: LIMIT, max_mounts: LIMIT, rate_per_second: 10000, rate_burst: 10000, pool_size: 0 } });
+  broker = await startBroker({ config: { max_mounts_per_user: LIMIT, max_mounts: LIMIT, rate_per_second: 10000, rate_burst: 10000, pool_size: 0, max_connections_per_user: 1000 } });
   caller = await newCaller();
 });
 
