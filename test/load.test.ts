@@ -61,6 +61,9 @@ s(`${UIDS.length} uids x ${LOOPS} loops x ${CYCLES} cycles: every cycle succeeds
   assert.equal(c.fuseMounts(), [], 'no mount left in the caller\'s namespace');
   await waitFor('instances gone', () => instanceProcesses(b.runtimeDir).length === 0, 15000);
   await waitFor(`broker fds back to ${fds0}`, () => fdCount(b.proc.pid!) <= fds0, 10000).catch(() => assert.is(fdCount(b.proc.pid!), fds0, 'broker fd count'));
+  // The broker removes a pooled instance's cgroups after its launcher is gone, asynchronously
+  // (the kernel releases exiting tasks from a cgroup a moment after their pidfd says so).
+  await waitFor('instance cgroups removed', () => existingInstanceCgroups(b.runtimeDir).length === 0, 10000).catch(() => undefined);
   assert.equal(existingInstanceCgroups(b.runtimeDir), [], 'no instance cgroup left');
   assert.equal(await heldUidLocks(b), [], 'no dynamic uid held');
   // An ended instance is kept (files too) until its owner's next `list` has reported it once:
