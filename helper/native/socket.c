@@ -525,6 +525,13 @@ static void closers_reap(void) {
     n_closers = k;
 }
 
+/* Remembers a closer (the caller checked there is room). */
+static void closers_add(int pidfd, int64_t tag) {
+    closers[n_closers].pidfd = pidfd;
+    closers[n_closers].tag = tag;
+    n_closers++;
+}
+
 struct clone3_args {
     uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid,
         set_tid_size, cgroup;
@@ -572,9 +579,7 @@ static int drop_fds(const int *fds, size_t n, int64_t tag) {
     }
     /* CLONE_FILES: the pidfd is in the shared table too; keep it out of exec'd children. */
     fcntl(pidfd, F_SETFD, FD_CLOEXEC);
-    closers[n_closers].pidfd = pidfd;
-    closers[n_closers].tag = tag;
-    n_closers++;
+    closers_add(pidfd, tag);
     return 0;
 }
 
@@ -661,9 +666,7 @@ static napi_value FstatfsStart(napi_env env, napi_callback_info info) {
     }
     fcntl(pidfd, F_SETFD, FD_CLOEXEC);
     /* Not closed here: the child's write end is this very table entry; the child closes it. */
-    closers[n_closers].pidfd = pidfd;
-    closers[n_closers].tag = tag;
-    n_closers++;
+    closers_add(pidfd, tag);
     return make_int(env, p[0]);
 }
 
