@@ -23,7 +23,7 @@
     {
       "target_name": "fuse-svc-client",
       "type": "executable",
-      "sources": ["helper/native/client.c", "helper/native/json.c"],
+      "sources": ["helper/native/client.c", "helper/native/mount-helper.c", "helper/native/json.c"],
       "ldflags": ["-static"]
     },
     {
@@ -50,6 +50,18 @@
       "target_name": "fuse-hang",
       "type": "executable",
       "sources": ["test/native/fuse-hang.c"]
+    },
+    {
+      "target_name": "priv-probe",
+      "type": "executable",
+      "sources": ["test/native/priv-probe.c"],
+      "ldflags": ["-static"]
+    },
+    {
+      "target_name": "mount-probe",
+      "type": "executable",
+      "sources": ["test/native/mount-probe.c"],
+      "ldflags": ["-static"]
     }
   ]
 }

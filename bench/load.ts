@@ -3,10 +3,9 @@
 // against the broker with the published static client, interleaved in one run, with the broker's
 // runtime dir on tmpfs (/dev/shm) and on a disk filesystem (a directory under /var/tmp).
 // Run as root: `npm run bench:load -- --uids 8 --loops 4 --cycles 25 --rounds 2`.
-// /dev/fuse is made 0666 for the plain loops (as on ordinary machines) and restored after.
-import { chmodSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
-import path from 'node:path';
-import { fdCount, instanceProcesses, newCaller, startBroker, tmpdir, type Broker } from '../test/lib/harness.js';
+// The plain loops get /dev/fuse 0666 (as on ordinary machines) inside the caller's namespace only.
+import { chmodSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { fdCount, instanceProcesses, newCaller, startBroker, tmpdir, usersInCaller, worldFuseInCaller, type Broker } from '../test/lib/harness.js';
 import { machineBusy, prepareLoad, processCpu, quantile, runLoad, type LoadResult } from '../test/lib/load.js';
 
 function arg(name: string, def: number): number {
@@ -26,8 +25,10 @@ async function main(): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error('run as root');
   const uids = Array.from({ length: U }, (_, i) => 1000 + i);
   const dir = tmpdir('fuse-svc-bench-load-');
-  const fuseMode = statSync('/dev/fuse').mode & 0o7777;
   const caller = await newCaller();
+  // Plain runs as on ordinary machines, /dev/fuse 0666, but only in the caller's namespace.
+  await worldFuseInCaller(caller, dir);
+  await usersInCaller(caller, dir, uids);
   const runDirs = { tmpfs: mkdtempSync('/dev/shm/fuse-svc-bench-run-'), disk: mkdtempSync('/var/tmp/fuse-svc-bench-run-') };
   const brokers: Record<string, Broker> = {};
   const rows: string[] = [];
@@ -40,10 +41,8 @@ async function main(): Promise<void> {
     // warm-up, one cycle per loop each
     for (const b of Object.values(brokers)) await runLoad('brokered', setup, caller, 1, b.socket);
     for (let round = 0; round < ROUNDS; round++) {
-      chmodSync('/dev/fuse', 0o666);
       let m0 = machineBusy();
       const plain = await runLoad('plain', setup, caller, C);
-      chmodSync('/dev/fuse', fuseMode);
       if (plain.failures.length) console.error(`plain failures:\n${plain.failures.slice(0, 20).join('\n')}`);
       rows.push(line(`plain fuse2fs + fusermount3 (round ${round + 1})`, plain, machineBusy() - m0, `loops ${plain.loopCpu.toFixed(2)} s`));
       for (const [k, b] of Object.entries(brokers)) {
@@ -59,7 +58,6 @@ async function main(): Promise<void> {
       }
     }
   } finally {
-    chmodSync('/dev/fuse', fuseMode);
     for (const b of Object.values(brokers)) await b.stop();
     await caller.close();
     for (const d of [...Object.values(runDirs), dir]) rmSync(d, { recursive: true, force: true });

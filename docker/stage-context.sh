@@ -18,7 +18,7 @@ die() { echo "stage-context: $*" >&2; exit 1; }
 out=$1
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
-for f in dist/supervisor/main.js dist/helper/request.js build/Release/fuse-svc-launcher \
+for f in dist/supervisor/main.js build/Release/fuse-svc-launcher \
     build/Release/fuse-svc-client build/Release/fusermount-standin build/Release/fuse_svc_socket.node package.json; do
   [ -e "$root/$f" ] || die "$root/$f is missing: run 'npm ci && npm run build' first"
 done

@@ -1,5 +1,6 @@
 // A small client library for the broker: one connection per request, descriptors by SCM_RIGHTS.
-// Used by the CLI (helper/request.ts), the tests and the benchmark.
+// For programs (the tests, the benchmark, plugins). The command-line client is the static C
+// one, fuse-svc-request (helper/native/client.c); there is no second CLI.
 import { closeSync, lstatSync, openSync } from 'node:fs';
 import * as sock from './native/socket.js';
 import { decodeReply, encodeRequest, RequestError } from '../supervisor/protocol.js';
@@ -78,6 +79,21 @@ export class BrokerClient {
     }
   }
 
+  /**
+   * A transport mount (sshfs): `transportFd` is one end of a connected AF_UNIX stream socket
+   * (sock.socketpairStream()) whose other end the caller serves; it is sent, not closed here.
+   * `source` is `PATH`, `:PATH` or `HOST:PATH`, the remote directory (splitRemoteSource).
+   */
+  async mountTransport(transportFd: number, source: string, target: string, o: { fstype?: string; options?: string } = {}): Promise<{ id: number; uid: number; server_pid: number; mnt_id: string }> {
+    const fd = openFd(target, sock.O_PATH | sock.O_DIRECTORY | sock.O_NOFOLLOW, 'target');
+    try {
+      const r = await this.request({ op: 'mount', fstype: o.fstype ?? 'sshfs', options: o.options ?? 'rw', fds: ['transport', 'target'], source_name: source, target_name: target }, [transportFd, fd]);
+      return r as never;
+    } finally {
+      closeSync(fd);
+    }
+  }
+
   async unmount(target: string | { id: number }, o: { timeoutMs?: number } = {}): Promise<{ id: number; exit_code: number | null; exit_signal: number | null }> {
     const extra = o.timeoutMs === undefined ? {} : { timeout_ms: o.timeoutMs };
     if (typeof target !== 'string') return (await this.request({ op: 'unmount', id: target.id, ...extra })) as never;
@@ -89,9 +105,23 @@ export class BrokerClient {
     }
   }
 
+  /** Every mount the caller may see: follows the broker's pages (`next` -> `after`) to the end. */
   async list(): Promise<MountInfo[]> {
-    const r = await this.request({ op: 'list' });
-    return r.mounts as MountInfo[];
+    const all: MountInfo[] = [];
+    let after: number | undefined;
+    for (;;) {
+      // The first request names no cursor, so a broker from before paging answers it too.
+      const r = await this.request(after === undefined ? { op: 'list' } : { op: 'list', after });
+      if (!Array.isArray(r.mounts)) throw new RequestError('EPROTO_FIELD', 'the broker\'s list reply has no "mounts" array');
+      all.push(...(r.mounts as MountInfo[]));
+      const next = r.next;
+      if (next === undefined || next === null) return all;
+      // Ids only grow from page to page: anything else would loop forever.
+      if (typeof next !== 'number' || !Number.isInteger(next) || next <= (after ?? 0) || r.mounts.length === 0) {
+        throw new RequestError('EPROTO_FIELD', `the broker's list reply has a bad "next" (${JSON.stringify(next)})`);
+      }
+      after = next;
+    }
   }
 }
 

@@ -3,20 +3,25 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ERRORS } from '../supervisor/protocol.js';
+import { ERRORS, PLUGIN_ERRORS } from '../supervisor/protocol.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 
-export function errorTable(): string {
-  return ['| code | meaning |', '|---|---|', ...Object.entries(ERRORS).map(([c, m]) => `| \`${c}\` | ${m} |`)].join('\n');
+export function errorTable(table: Record<string, string> = ERRORS): string {
+  return ['| code | meaning |', '|---|---|', ...Object.entries(table).map(([c, m]) => `| \`${c}\` | ${m} |`)].join('\n');
+}
+
+/** Replaces the generated block between `<!-- NAME:BEGIN ... -->` and `<!-- NAME:END -->`. */
+function renderBlock(text: string, name: string, table: Record<string, string>): string {
+  const begin = text.indexOf(`<!-- ${name}:BEGIN`);
+  const end = text.indexOf(`<!-- ${name}:END -->`);
+  if (begin < 0 || end < 0) throw new Error(`docs/protocol.md lacks the ${name} markers`);
+  const head = text.slice(0, text.indexOf('\n', begin) + 1);
+  return `${head}${errorTable(table)}\n${text.slice(end)}`;
 }
 
 export function renderProtocolDoc(text: string): string {
-  const begin = text.indexOf('<!-- ERRORS:BEGIN');
-  const end = text.indexOf('<!-- ERRORS:END -->');
-  if (begin < 0 || end < 0) throw new Error('docs/protocol.md lacks the ERRORS markers');
-  const head = text.slice(0, text.indexOf('\n', begin) + 1);
-  return `${head}${errorTable()}\n${text.slice(end)}`;
+  return renderBlock(renderBlock(text, 'ERRORS', ERRORS), 'PLUGIN_ERRORS', PLUGIN_ERRORS);
 }
 
 if (process.argv[1] && fileURLToPath(import.meta.url) === path.resolve(process.argv[1])) {

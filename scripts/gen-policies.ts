@@ -26,9 +26,15 @@ import { loadServiceFile, seccompOptions } from '../supervisor/units/directives.
 export const FUSE2FS_SANDBOX = path.join(packageRoot, 'server', 'fuse2fs.sandbox');
 export const FUSE2FS_SECCOMP: FilterToProfileOptions = seccompOptions(loadServiceFile(FUSE2FS_SANDBOX).svc);
 
+/** Servers that call mount(2) themselves (fuseFd "notify"): fuse2fs's sandbox, mount(2) left to the notifier. */
+export const FUSE_MOUNT_SANDBOX = path.join(packageRoot, 'server', 'fuse-mount.sandbox');
+
 /** File name (in policies/seccomp/) -> its definition. */
 export const POLICIES: Readonly<Record<string, FilterToProfileOptions>> = {
   'fuse2fs.json': FUSE2FS_SECCOMP,
+  'fuse-mount.json': seccompOptions(loadServiceFile(FUSE_MOUNT_SANDBOX).svc),
+  'ntfs-3g.json': seccompOptions(loadServiceFile(path.join(packageRoot, 'server', 'ntfs-3g.sandbox')).svc),
+  'sshfs.json': seccompOptions(loadServiceFile(path.join(packageRoot, 'server', 'sshfs.sandbox')).svc),
 };
 
 /** The text each policy file must have. */

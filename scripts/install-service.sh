@@ -12,6 +12,11 @@
 #   --bin:  set FUSE_SVCD_BIN in the installed configuration (default /usr/local/bin/fuse-svcd,
 #           where `npm install -g fuse-svc` puts it)
 #   --destdir: install below DIR (packaging, tests); --enable is refused with it
+#   both:   the static client build/Release/fuse-svc-client of this checkout (when built)
+#           -> DESTDIR/usr/local/bin/fuse-svc-request, so it is on PATH; without a build, an
+#           existing fuse-svc-request on PATH (the broker image's, npm's bin) is kept
+#           and DESTDIR/sbin/mount.fuse-svc, DESTDIR/sbin/umount.fuse-svc: symlinks to it, the
+#           mount(8)/umount(8) helpers (docs/mount-helper.md); never setuid
 set -eu
 
 die() { echo "install-service: $*" >&2; exit 1; }
@@ -29,7 +34,33 @@ while [ $# -gt 0 ]; do
 	esac
 done
 [ -n "$destdir" ] && [ "$enable" = yes ] && die "--enable makes no sense with --destdir"
-src=$(cd "$(dirname "$0")/.." && pwd)/init
+top=$(cd "$(dirname "$0")/.." && pwd)
+src=$top/init
+
+# mount -t fuse-svc.TYPE and umount find their helpers in /sbin; the client picks its
+# personality from argv[0]. Links, not copies: one binary to upgrade.
+install_mount_helpers() {
+	install -d "$destdir/sbin"
+	for h in mount.fuse-svc umount.fuse-svc; do
+		ln -sfn "$1" "$destdir/sbin/$h"
+	done
+	echo "linked $destdir/sbin/mount.fuse-svc and umount.fuse-svc to $1" >&2
+}
+
+# The one client, fuse-svc-request (helper/native/client.c), on PATH.
+install_client() {
+	if [ -x "$top/build/Release/fuse-svc-client" ]; then
+		install -d "$destdir/usr/local/bin"
+		install -m 0755 "$top/build/Release/fuse-svc-client" "$destdir/usr/local/bin/fuse-svc-request"
+		echo "installed $destdir/usr/local/bin/fuse-svc-request" >&2
+		install_mount_helpers /usr/local/bin/fuse-svc-request
+	elif command -v fuse-svc-request >/dev/null 2>&1; then
+		echo "no build here; keeping $(command -v fuse-svc-request)" >&2
+		install_mount_helpers "$(command -v fuse-svc-request)"
+	else
+		echo "install-service: warning: fuse-svc-request is not built (npm run build) and not on PATH" >&2
+	fi
+}
 
 # set_bin FILE: uncomment/replace the FUSE_SVCD_BIN line
 set_bin() {
@@ -55,6 +86,7 @@ openrc)
 	install -d "$destdir/etc/init.d" "$destdir/etc/conf.d"
 	install -m 0755 "$src/openrc/fuse-svcd" "$destdir/etc/init.d/fuse-svcd"
 	install_conf "$src/openrc/fuse-svcd.confd" "$destdir/etc/conf.d/fuse-svcd"
+	install_client
 	[ "$enable" = yes ] && rc-update add fuse-svcd default
 	echo "installed $destdir/etc/init.d/fuse-svcd; start: rc-service fuse-svcd start" >&2
 	;;
@@ -65,6 +97,7 @@ runit)
 	install -m 0755 "$src/runit/fuse-svcd/finish" "$sv/finish"
 	install -m 0755 "$src/runit/fuse-svcd/log/run" "$sv/log/run"
 	install_conf "$src/runit/fuse-svcd/conf" "$sv/conf"
+	install_client
 	if [ "$enable" = yes ]; then
 		for d in ${SVDIR:-} /var/service /etc/service /service; do
 			if [ -d "$d" ]; then

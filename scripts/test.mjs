@@ -58,7 +58,8 @@ function cgroupParents() {
     }
     for (const d of names) {
       if (!d.isDirectory()) continue;
-      if (d.name === 'fuse-svc') out.push(`${dir}/${d.name}`);
+      // `fuse-svc`, or `fuse-svc-HASH` for a runtime dir other than /run/fuse-svc (supervisor/cgroups.ts)
+      if (d.name === 'fuse-svc' || /^fuse-svc-[0-9a-f]{8}$/.test(d.name)) out.push(`${dir}/${d.name}`);
       else if (depth < 4) walk(`${dir}/${d.name}`, depth + 1);
     }
   };

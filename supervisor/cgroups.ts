@@ -1,4 +1,4 @@
-// Per-instance cgroups: one directory `fuse-svc/NAME` under the broker's own cgroup in each
+// Per-instance cgroups: one directory `PARENT/NAME` under the broker's own cgroup in each
 // usable hierarchy (cgroup v1 memory / pids / cpu controllers, and cgroup2), with the memory,
 // pids and cpu limits of the server definition. The broker creates and fills them; the
 // launcher moves the server in before exec (spec record `cgroup`, one per hierarchy) and
@@ -7,6 +7,17 @@
 //
 // Relative to the broker's own cgroup, never the hierarchy root: inside a container or a
 // service manager's slice the limits then nest under the ones already imposed from outside.
+//
+// Who may remove what: PARENT belongs to one runtime directory (`fuse-svc`, or `fuse-svc-HASH`
+// for another runtime dir), i.e. to the one broker holding it; it is created on first use and
+// removed only when that broker exits with no instance left there, or by a full stop (`fuse-svcd
+// stop`) with no broker holding the runtime dir; never by a launcher: a process removing a
+// directory another is creating in loses the other's mkdir (ENOENT). An instance's directory is
+// removed by its launcher (or, for a pooled one, by the broker after the launcher exits), and by
+// the sweep only when its id is not live at the moment of the sweep.
+//
+// Fail closed: a limit of the definition that applies in a usable hierarchy is written, or the
+// mount is refused (CgroupError -> ESANDBOX); a server never runs with a limit silently missing.
 import { createHash } from 'node:crypto';
 import { accessSync, constants, existsSync, readFileSync, readdirSync, rmdirSync } from 'node:fs';
 import { promises as fsp } from 'node:fs';
@@ -120,12 +131,21 @@ function hierarchies(): Hierarchy[] {
 
 /** The directory name of instance `id`: plain for the default runtime dir, else tagged. */
 export function cgroupName(runtimeDir: string, id: number): string {
-  if (runtimeDir === '/run/fuse-svc') return String(id);
+  if (runtimeDir === '/run/fuse-svcd') return String(id);
   return `${createHash('sha256').update(runtimeDir).digest('hex').slice(0, 8)}-${id}`;
 }
 
+/**
+ * The shared parent of runtimeDir's instance cgroups: one per runtime directory (so per broker),
+ * so no other broker's full stop can remove it while this one creates an instance in it.
+ */
+export function parentName(runtimeDir: string): string {
+  const tag = cgroupName(runtimeDir, 0); // '0' for the default runtime dir, else 'HASH-0'
+  return tag === '0' ? 'fuse-svc' : `fuse-svc-${tag.slice(0, 8)}`;
+}
+
 function namePattern(runtimeDir: string): RegExp {
-  return runtimeDir === '/run/fuse-svc' ? /^(\d+)$/ : new RegExp(`^${cgroupName(runtimeDir, 0).slice(0, 8)}-(\\d+)$`);
+  return runtimeDir === '/run/fuse-svcd' ? /^(\d+)$/ : new RegExp(`^${cgroupName(runtimeDir, 0).slice(0, 8)}-(\\d+)$`);
 }
 
 type Limits = ServerDef['cgroup'];
@@ -151,64 +171,109 @@ function limitFiles(h: Hierarchy, l: Limits): [string, string][] {
 }
 
 /**
- * Creates `fuse-svc/NAME` in every usable hierarchy with the server's limits and returns the
- * directories (for the launcher's `cgroup` records). Never fails a mount: a hierarchy that
- * refuses is skipped with a warning (the instance still has its rlimits). `live` are the ids
- * of instances the broker knows; leftovers of others are removed on the way.
+ * The limits of a definition that no usable hierarchy can apply (no writable cgroup with that
+ * controller: a container with /sys/fs/cgroup read-only, `cgroups: none`). The broker says so
+ * at start, once per definition, so limits are never dropped silently; rlimits still apply.
  */
-export async function instanceCgroups(cfg: Config, id: number, limits: Limits, live: Iterable<number>): Promise<string[]> {
+export function unenforcedLimits(cfg: Config, limits: Limits): string[] {
+  const want: [keyof Limits, string][] = [['memoryMax', 'memory'], ['pidsMax', 'pids']];
+  const usable = cfg.cgroups === 'none' ? [] : hierarchies();
+  return want.filter(([k, c]) => limits[k] && !usable.some((h) => h.controllers.includes(c))).map(([k]) => `${k}=${limits[k]}`);
+}
+
+/** An instance's cgroups could not be made: the mount is refused (ESANDBOX), never run without. */
+export class CgroupError extends Error {
+  constructor(
+    message: string,
+    /** EEXIST: the name is taken (another instance's cgroup); the pool then takes another id. */
+    readonly code?: string,
+  ) {
+    super(message);
+  }
+}
+
+/**
+ * Creates `PARENT/NAME` in every usable hierarchy where one of the server's limits applies,
+ * writes the limits and returns the directories (for the launcher's `cgroup` records). Throws
+ * CgroupError when one cannot be made or a limit cannot be written (fail closed), after removing
+ * only what this call created. `live` answers, at the moment of the sweep, the ids of instances
+ * and pooled launchers the broker knows; leftovers of others are removed on the way.
+ */
+export async function instanceCgroups(cfg: Config, id: number, limits: Limits, live: Iterable<number> | (() => Iterable<number>)): Promise<string[]> {
   // Asynchronous on purpose: creating a memory cgroup takes milliseconds in the kernel, and the
   // broker's event loop must keep answering meanwhile (a pooled launcher is prepared while the
   // previous request's unmount may already be arriving).
   if (cfg.cgroups === 'none') return [];
-  const liveSet = new Set(live);
+  const liveNow = typeof live === 'function' ? live : () => live;
   const pattern = namePattern(cfg.runtimeDir);
   const dirs: string[] = [];
   for (const h of hierarchies()) {
     // Joining a cgroup costs the server's start-up a few ms per hierarchy (cgroup v1 and v2
     // migrations wait for an RCU grace period): only where a limit actually applies.
-    if (limitFiles(h, limits).length === 0) continue;
-    const parent = path.join(h.base, 'fuse-svc');
+    const files = limitFiles(h, limits);
+    if (files.length === 0) continue;
+    const parent = path.join(h.base, parentName(cfg.runtimeDir));
     const dir = path.join(parent, cgroupName(cfg.runtimeDir, id));
     try {
-      if (!existsSync(parent)) {
-        await fsp.mkdir(parent, { mode: 0o755 }).catch((e: NodeJS.ErrnoException) => {
-          if (e.code !== 'EEXIST') throw e;
+      await makeParent(h, parent);
+      // The live ids are read now, after the awaits above, and the sweep is synchronous: an
+      // instance that started creating its cgroups meanwhile is in them.
+      sweep(parent, pattern, new Set(liveNow()));
+      try {
+        await fsp.mkdir(dir, { mode: 0o755 });
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code;
+        if (code !== 'ENOENT') throw new CgroupError(`mkdir(${dir}): ${code ?? (e as Error).message}`, code);
+        // Only a full stop removes the parent; if one ran meanwhile, make it again, once.
+        await makeParent(h, parent);
+        await fsp.mkdir(dir, { mode: 0o755 }).catch((e2: NodeJS.ErrnoException) => {
+          throw new CgroupError(`mkdir(${dir}): ${e2.code ?? e2.message}`, e2.code);
         });
-        if (h.kind === 'v2' && h.controllers.length) {
-          // Let the instances below use the controllers we have (fails harmlessly if not delegated).
-          const want = h.controllers.filter((c) => WANTED_V1.includes(c));
-          if (want.length) await fsp.writeFile(path.join(parent, 'cgroup.subtree_control'), want.map((c) => `+${c}`).join(' '));
-        }
-      }
-      sweep(parent, pattern, liveSet);
-      // A launcher removes the shared parent when it empties: retry if it vanished meanwhile.
-      for (let i = 0; ; i++) {
-        try {
-          await fsp.mkdir(dir, { mode: 0o755, recursive: i > 0 });
-          break;
-        } catch (e) {
-          if ((e as NodeJS.ErrnoException).code !== 'ENOENT' || i >= 3) throw e;
-        }
-      }
-      for (const [file, value] of limitFiles(h, limits)) {
-        try {
-          await fsp.writeFile(path.join(dir, file), value);
-        } catch (e) {
-          if (file.includes('swap') || file.includes('memsw')) continue; // no swap accounting on this kernel
-          throw new Error(`${file}=${value}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
-        }
       }
       dirs.push(dir);
+      for (const [file, value] of files) await writeLimit(dir, file, value);
     } catch (e) {
-      log.warn(`instance ${id}: cgroup ${dir} not used: ${(e as Error).message}`);
-      removeCgroups([dir]);
+      removeCgroups(dirs); // ours only: a directory that existed before (EEXIST) is not ours
+      const msg = e instanceof CgroupError ? e.message : `${dir}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`;
+      throw new CgroupError(`instance cgroups not made: ${msg}`, e instanceof CgroupError ? e.code : undefined);
     }
   }
   return dirs;
 }
 
-/** Removes leftover instance cgroups (no tasks) of this runtime dir whose instance is not live. */
+/** Creates the runtime dir's parent in a hierarchy if missing (and lets its children use the v2 controllers). */
+async function makeParent(h: Hierarchy, parent: string): Promise<void> {
+  if (existsSync(parent)) return;
+  await fsp.mkdir(parent, { mode: 0o755 }).catch((e: NodeJS.ErrnoException) => {
+    if (e.code !== 'EEXIST') throw new CgroupError(`mkdir(${parent}): ${e.code ?? e.message}`, e.code);
+  });
+  if (h.kind === 'v2') {
+    const want = h.controllers.filter((c) => WANTED_V1.includes(c));
+    // Without them the limit files below do not exist and the mount is refused by writeLimit.
+    if (want.length) await fsp.writeFile(path.join(parent, 'cgroup.subtree_control'), want.map((c) => `+${c}`).join(' '), { flag: 'r+' }).catch(() => undefined);
+  }
+}
+
+/**
+ * Writes one limit into an existing control file: opened without O_CREAT, so a directory that
+ * is not a cgroup (a tmpfs mounted over the parent, a controller missing) fails instead of
+ * getting an ordinary file that limits nothing.
+ */
+async function writeLimit(dir: string, file: string, value: string): Promise<void> {
+  try {
+    await fsp.writeFile(path.join(dir, file), value, { flag: 'r+' });
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    // No swap accounting on this kernel (memsw absent, or swap.max refused): memory.limit still holds.
+    if ((file.includes('swap') || file.includes('memsw')) && existsSync(path.join(dir, 'cgroup.procs'))) return;
+    throw new CgroupError(`${path.join(dir, file)}=${value}: ${code ?? (e as Error).message}`, code === 'EEXIST' ? undefined : code);
+  }
+}
+
+/**
+ * Removes leftover instance cgroups (no tasks) of this runtime dir whose instance is not live.
+ * Synchronous, so `live` is exact for its whole run.
+ */
 function sweep(parent: string, pattern: RegExp, live: Set<number>): void {
   let names: string[];
   try {
@@ -223,9 +288,41 @@ function sweep(parent: string, pattern: RegExp, live: Set<number>): void {
   }
 }
 
-/** Removes the shared `fuse-svc` parents that are empty (after tests; `fuse-svcd stop`). */
-export function removeEmptyParents(): void {
-  for (const h of discoverHierarchies()) removeCgroups([path.join(h.base, 'fuse-svc')]);
+/**
+ * Removes runtimeDir's parents where they are empty: only at a full stop, when its broker is gone
+ * (it is the only one creating in them).
+ */
+export function removeEmptyParents(runtimeDir: string): void {
+  for (const h of discoverHierarchies()) removeCgroups([path.join(h.base, parentName(runtimeDir))]);
+}
+
+/**
+ * At the broker's exit (it holds the runtime dir's lock until then, so no other broker creates
+ * here meanwhile; launchers never create): the parents go where nothing but the cgroups of its
+ * ending pooled launchers is left, which the kernel releases a moment after they are reaped.
+ * A parent with an instance's cgroup stays for the next broker or the full stop. Bounded: ~1 s.
+ */
+export async function removeParentsAtExit(runtimeDir: string): Promise<void> {
+  const pattern = namePattern(runtimeDir);
+  for (let tries = 0; tries < 20; tries++) {
+    let waiting = false;
+    for (const h of discoverHierarchies()) {
+      const parent = path.join(h.base, parentName(runtimeDir));
+      let names: string[];
+      try {
+        names = readdirSync(parent, { withFileTypes: true }).filter((d) => d.isDirectory()).map((d) => d.name);
+      } catch {
+        continue; // none here
+      }
+      const ids = names.map((n) => Number(pattern.exec(n)?.[1] ?? NaN));
+      if (ids.some((id) => !(id >= 1_000_000_000))) continue; // an instance (or a stranger) lives here
+      removeCgroups(names.map((n) => path.join(parent, n)));
+      removeCgroups([parent]);
+      if (existsSync(parent)) waiting = true;
+    }
+    if (!waiting) return;
+    await new Promise((r) => setTimeout(r, 50).unref());
+  }
 }
 
 /** rmdir each cgroup; a missing one is fine, a busy one (tasks left) stays. */
@@ -244,7 +341,7 @@ export function existingInstanceCgroups(runtimeDir: string, withPool = false): s
   const pattern = namePattern(runtimeDir);
   const out: string[] = [];
   for (const h of discoverHierarchies()) {
-    const parent = path.join(h.base, 'fuse-svc');
+    const parent = path.join(h.base, parentName(runtimeDir));
     try {
       // Not those of idle pooled launchers (ids from 1e9, supervisor/pool.ts): stock, not instances.
       for (const n of readdirSync(parent)) if (pattern.test(n) && (withPool || Number(pattern.exec(n)![1]) < 1_000_000_000)) out.push(path.join(parent, n));
@@ -260,9 +357,10 @@ export function existingInstanceCgroups(runtimeDir: string, withPool = false): s
  * those of launchers killed with -9, which could not remove their own), then the shared
  * parents if they are empty. A cgroup with tasks is never touched (rmdir refuses it).
  */
-export function sweepRuntimeDir(runtimeDir: string): number {
+export function sweepRuntimeDir(runtimeDir: string, opts: { parents?: boolean } = {}): number {
   const stale = existingInstanceCgroups(runtimeDir, true);
   removeCgroups(stale);
-  removeEmptyParents();
+  // Not while a broker still holds the runtime dir: it may be creating in them.
+  if (opts.parents ?? true) removeEmptyParents(runtimeDir);
   return stale.filter((d) => !existsSync(d)).length;
 }

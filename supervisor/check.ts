@@ -3,6 +3,8 @@
 import { accessSync, constants, existsSync, readFileSync, statSync } from 'node:fs';
 import os from 'node:os';
 import { describeHierarchies, discoverHierarchies } from './cgroups.js';
+import type { Config } from './config.js';
+import { formatProblem, loadServerDefs, unservedTypes } from './server-check.js';
 
 export type Check = { name: string; required: boolean; ok: boolean; detail: string; fix?: string };
 
@@ -29,7 +31,7 @@ export function hostChecks(): Check[] {
 
   const rel = os.release();
   add({ name: 'kernel', required: true, ok: kernelAtLeast(5, 9), detail: `Linux ${rel}`, fix: 'fsopen/move_mount (5.2), pidfd_open (5.3), seccomp ADDFD (5.9) and close_range (5.9) need Linux 5.9 or later' });
-  add({ name: 'SO_PEERPIDFD', required: false, ok: kernelAtLeast(6, 5), detail: kernelAtLeast(6, 5) ? 'available (Linux 6.5+)' : 'not available', fix: 'without it, callers in other pid namespaces (other containers) are refused with EPEER; use Linux 6.5 or later' });
+  add({ name: 'SO_PEERPIDFD', required: false, ok: kernelAtLeast(6, 5), detail: kernelAtLeast(6, 5) ? 'available (Linux 6.5+)' : 'not available: the caller\'s pidfd comes from pidfd_open(pid), trusted only if that process started before the accept and runs as the caller\'s uid', fix: 'without it, callers in other pid namespaces (other containers) are refused with EPEER, and a caller that exits before its request is read may leave its pid to another process of the same uid; use Linux 6.5 or later' });
 
   const maxUserNs = read('/proc/sys/user/max_user_namespaces');
   add({ name: 'user namespaces', required: true, ok: existsSync('/proc/self/ns/user') && maxUserNs !== '0', detail: `max_user_namespaces=${maxUserNs ?? 'absent'}`, fix: 'enable CONFIG_USER_NS and set sysctl user.max_user_namespaces to a positive number' });
@@ -61,6 +63,22 @@ export function hostChecks(): Check[] {
   // The hierarchies instance cgroups would go into (supervisor/cgroups.ts decides the same way).
   const cg = describeHierarchies(discoverHierarchies());
   add({ name: 'cgroups', required: false, ok: cg.ok, detail: cg.detail, fix: 'without a writable cgroup hierarchy, instances get rlimits only (no memory/pids/cpu limits); in a container mount /sys/fs/cgroup read-write or give the broker a delegated cgroup' });
+  return out;
+}
+
+/**
+ * The server definitions as the broker would load them: one line per definition that loads,
+ * one per refusal (file:line and the types it disables), one for configured types nothing
+ * serves. Not required: the broker runs and serves the other types.
+ */
+export function serverChecks(cfg: Pick<Config, 'serverDir' | 'policyDir' | 'fstypes'>): Check[] {
+  const { servers, problems, loaded } = loadServerDefs(cfg.serverDir, cfg.policyDir);
+  const out: Check[] = [];
+  for (const l of loaded) out.push({ name: `server ${l.name}`, required: false, ok: true, detail: `${l.file}: serves ${l.fstypes.join(', ')}` });
+  for (const p of problems) out.push({ name: 'server definition', required: false, ok: false, detail: formatProblem(p), fix: 'fix the file (docs/servers.md); the broker serves every other type meanwhile' });
+  const missing = cfg.fstypes.length ? unservedTypes(cfg.fstypes, servers) : [];
+  if (missing.length) out.push({ name: 'configured fstypes', required: false, ok: false, detail: `no valid server definition in ${cfg.serverDir} serves ${missing.join(', ')}`, fix: 'add a definition for each, or remove them from "fstypes" in the configuration' });
+  if (servers.size === 0) out.push({ name: 'server definitions', required: false, ok: false, detail: `no valid server definition in ${cfg.serverDir}: every mount would be refused`, fix: 'install the servers the definitions name, or fix the definitions' });
   return out;
 }
 

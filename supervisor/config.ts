@@ -9,7 +9,7 @@ export type Config = {
   socketMode: number;
   socketGroup?: string;
   runtimeDir: string;
-  /** Filesystem types a caller may ask for. */
+  /** Filesystem types a caller may ask for; empty (the default): every type of every valid definition. */
   fstypes: string[];
   /** Dynamic uids for sandboxes, inclusive (systemd's DynamicUser range by default). */
   uidRange: [number, number];
@@ -41,13 +41,29 @@ export type Config = {
   maxStuckPerUser: number;
   /** How long the broker waits for a fstatfs of a caller's target (it may be on FUSE). */
   targetStatfsTimeoutMs: number;
+  /** Bytes of instance logs kept in the runtime dir in all, and per owner uid (supervisor/logcap.ts). */
+  logCapBytes: number;
+  logCapBytesPerUser: number;
+  /** Listen on UPSTREAM_DIR/TYPE for libfuse's contained-service helper (supervisor/upstream.ts). */
+  upstreamSockets: boolean;
+  upstreamSocketDir: string;
+  /** Mode of those sockets: 0600 lets in root and setuid-root helpers only (docs/units.md). */
+  upstreamSocketMode: number;
+  /** Serve Docker's volume plugin protocol (supervisor/docker-plugin.ts). */
+  dockerPlugin: boolean;
+  /** The plugin socket dockerd finds the driver by (its name is the driver's name). */
+  dockerPluginSocket: string;
+  /** Volume definitions (persistent: they must survive reboots, unlike the runtime dir). */
+  dockerStateDir: string;
+  /** Where driver volumes are mounted (a 0700 root directory); default RUNDIR/docker/mnt. */
+  dockerMountDir?: string;
 };
 
 export const DEFAULTS: Readonly<Config> = Object.freeze({
   socket: '/run/fuse-svc/broker.sock',
   socketMode: 0o666,
-  runtimeDir: '/run/fuse-svc',
-  fstypes: ['ext2', 'ext3', 'ext4'],
+  runtimeDir: '/run/fuse-svcd',
+  fstypes: [],
   uidRange: [61184, 65519] as [number, number],
   maxMountsPerUser: 32,
   maxMounts: 1000,
@@ -65,6 +81,14 @@ export const DEFAULTS: Readonly<Config> = Object.freeze({
   maxConnections: 1024,
   maxStuckPerUser: 8,
   targetStatfsTimeoutMs: 2000,
+  logCapBytes: 128 * 1024 * 1024,
+  logCapBytesPerUser: 16 * 1024 * 1024,
+  upstreamSockets: false,
+  upstreamSocketDir: '/run/filesystems',
+  upstreamSocketMode: 0o600,
+  dockerPlugin: false,
+  dockerPluginSocket: '/run/docker/plugins/fuse-svc.sock',
+  dockerStateDir: '/var/lib/fuse-svc/docker',
 });
 
 export class ConfigError extends Error {
@@ -96,6 +120,15 @@ const FILE_KEYS: Record<string, (v: unknown, where: string) => Partial<Config>> 
   max_connections: (v, w) => ({ maxConnections: int(v, w, 1, 1000000) }),
   max_stuck_per_user: (v, w) => ({ maxStuckPerUser: int(v, w, 1, 1024) }),
   target_statfs_timeout_ms: (v, w) => ({ targetStatfsTimeoutMs: int(v, w, 100, 60000) }),
+  log_cap_bytes: (v, w) => ({ logCapBytes: int(v, w, 1024 * 1024, 2 ** 50) }),
+  log_cap_bytes_per_user: (v, w) => ({ logCapBytesPerUser: int(v, w, 1024 * 1024, 2 ** 50) }),
+  upstream_sockets: (v, w) => ({ upstreamSockets: bool(v, w) }),
+  upstream_socket_dir: (v, w) => ({ upstreamSocketDir: absPath(v, w) }),
+  upstream_socket_mode: (v, w) => ({ upstreamSocketMode: mode(v, w) }),
+  docker_plugin: (v, w) => ({ dockerPlugin: bool(v, w) }),
+  docker_plugin_socket: (v, w) => ({ dockerPluginSocket: pluginSocket(v, w) }),
+  docker_state_dir: (v, w) => ({ dockerStateDir: absPath(v, w) }),
+  docker_mount_dir: (v, w) => ({ dockerMountDir: absPath(v, w) }),
 };
 
 /** Reads the JSON config file (all keys optional) on top of `base`. */
@@ -179,13 +212,19 @@ function absPath(v: unknown, w: string): string {
   if (typeof v !== 'string' || !path.isAbsolute(v) || v.includes('\0')) throw new ConfigError(`${w}: expected an absolute path`);
   return path.normalize(v);
 }
+/** dockerd takes the driver's name from the socket's: NAME.sock, NAME a plain name. */
+function pluginSocket(v: unknown, w: string): string {
+  const p = absPath(v, w);
+  if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\.sock$/.test(path.basename(p))) throw new ConfigError(`${w}: expected an absolute path ending in NAME.sock (NAME: letters, digits, _ . -)`);
+  return p;
+}
 function nonEmpty(v: unknown, w: string): string {
   if (typeof v !== 'string' || v === '') throw new ConfigError(`${w}: expected a non-empty string`);
   return v;
 }
 function fstypeList(v: unknown, w: string): string[] {
-  if (!Array.isArray(v) || !v.every((t) => typeof t === 'string' && /^[a-z0-9_.-]{1,32}$/.test(t))) {
-    throw new ConfigError(`${w}: expected an array of filesystem type names`);
+  if (!Array.isArray(v) || v.length === 0 || !v.every((t) => typeof t === 'string' && /^[a-z0-9_.-]{1,32}$/.test(t))) {
+    throw new ConfigError(`${w}: expected a non-empty array of filesystem type names (leave it out to serve every defined type)`);
   }
   return v as string[];
 }

@@ -9,6 +9,26 @@ import { readSync, closeSync } from 'node:fs';
 import * as sock from '../helper/native/socket.js';
 import { RequestError } from './protocol.js';
 
+/**
+ * Each uid holds at most `share` closers and statfs children (processes that may be stuck on
+ * a server it stopped); descriptors it drops beyond them wait, open and untouched, until one
+ * ends. The broker refuses the uid's new connections meanwhile (ELIMIT_STUCK).
+ */
+export function setStuckShare(share: number): void {
+  sock.setCloserShare(share);
+}
+
+let drainTimer: NodeJS.Timeout | undefined;
+/** While descriptors wait for a closer, reap now and then: a reap starts their closer. */
+function drainSoon(): void {
+  if (drainTimer) return;
+  drainTimer = setTimeout(() => {
+    drainTimer = undefined;
+    if (sock.closersPending() > 0) drainSoon();
+  }, 200);
+  drainTimer.unref();
+}
+
 /** Closes descriptors a caller sent, never on this thread when they could block. */
 export function dropCallerFds(fds: readonly number[], uid: number): void {
   const live = fds.filter((fd) => fd >= 0);
@@ -18,6 +38,7 @@ export function dropCallerFds(fds: readonly number[], uid: number): void {
     // Reap finished closers soon (each holds a pidfd until reaped); stuck ones stay counted.
     setTimeout(() => sock.closersAlive(-1), 20).unref();
     setTimeout(() => sock.closersAlive(-1), 500).unref();
+    if (sock.closersPending() > 0) drainSoon();
   } catch {
     // No closer could be started (process limit): closing here could block the broker, and
     // keeping them would leak; keep them for one more try later rather than block.
@@ -35,13 +56,17 @@ export function stuckCount(uid: number): number {
  * RequestError(code) when the filesystem does not answer by timeoutMs (the child stays
  * counted under the uid until the server answers).
  */
-export function statfsBounded(fd: number, uid: number, timeoutMs: number, code: 'EPERM_TARGET'): Promise<{ type: number; flags: number }> {
+export function statfsBounded(fd: number, uid: number, timeoutMs: number, code: 'EPERM_TARGET' | 'EBADFD_ARGV', what = 'the target'): Promise<{ type: number; flags: number }> {
   return new Promise((resolve, reject) => {
     let rd: number;
     try {
       rd = sock.fstatfsStart(fd, uid);
     } catch (e) {
-      reject(new RequestError('EINTERNAL', `cannot inspect the target: ${(e as Error).message}`));
+      if ((e as NodeJS.ErrnoException).code === 'EDQUOT') {
+        reject(new RequestError('ELIMIT_STUCK', `uid ${uid} already has ${sock.closersAlive(uid)} requests stuck on a FUSE server that does not answer; let that server answer`));
+        return;
+      }
+      reject(new RequestError('EINTERNAL', `cannot inspect ${what}: ${(e as Error).message}`));
       return;
     }
     let done = false;
@@ -54,7 +79,7 @@ export function statfsBounded(fd: number, uid: number, timeoutMs: number, code: 
       setTimeout(() => sock.closersAlive(-1), 20).unref(); // reap the helper (its pidfd)
       f();
     };
-    const timer = setTimeout(() => finish(() => reject(new RequestError(code, `the target's filesystem did not answer statfs within ${timeoutMs} ms (a FUSE server that does not answer?)`))), timeoutMs);
+    const timer = setTimeout(() => finish(() => reject(new RequestError(code, `${what}: its filesystem did not answer statfs within ${timeoutMs} ms (a FUSE server that does not answer?)`))), timeoutMs);
     const buf = Buffer.alloc(24);
     const w = sock.poll(rd, 'readable', () => {
       let n = 0;
@@ -70,7 +95,7 @@ export function statfsBounded(fd: number, uid: number, timeoutMs: number, code: 
       const err = Number(buf.readBigInt64LE(0));
       const type = Number(buf.readBigInt64LE(8));
       const flags = Number(buf.readBigInt64LE(16));
-      if (err < 0) finish(() => reject(new RequestError(code, `statfs of the target failed (errno ${-err})`)));
+      if (err < 0) finish(() => reject(new RequestError(code, `statfs of ${what} failed (errno ${-err})`)));
       else finish(() => resolve({ type, flags }));
     });
   });

@@ -1,13 +1,13 @@
 // Instances: start (through the launcher), watch, stop, re-adopt after a broker restart, and the
 // state files in RUNDIR/instances that make that possible. The launcher owns each server's
 // lifetime; the broker only starts instances, signals them through pidfds and reads their state.
-import { spawn } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, readdirSync, renameSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, constants as fsc, existsSync, readFileSync, readSync, readdirSync, rmSync, statSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import * as sock from '../helper/native/socket.js';
 import { RequestError, isErrorCode, oneLine } from './protocol.js';
 import { renderSpec, type SpecRecord } from './launch-spec.js';
 import { log } from './log.js';
+import { createFileNoFollow, openDirNoFollow, openSubdir, readFileNoFollow, writeFileNoFollow } from './safefile.js';
 
 export type InstanceRecord = {
   id: number;
@@ -39,6 +39,13 @@ export type InstanceState = {
   exit_signal?: number;
   reason?: string;
   ended_at?: number;
+  /** What the launcher says of itself: a broker killed right after the spawn never recorded it. */
+  launcher_pid?: number;
+  launcher_start?: string;
+  mnt_id?: string;
+  mnt_id_old?: string;
+  /** The launcher detached the mount (or found it gone): if it dies now, no dead mount is left. */
+  detached?: boolean;
 };
 
 export type Instance = {
@@ -54,6 +61,35 @@ export type Instance = {
 };
 
 const SIGTERM = 15;
+/** Files a writer may still be at are left alone this long by the start-up collection. */
+const GC_GRACE_MS = 60000;
+
+export type UnitRecord = { id: number; unit: string; peer_uid: number; uid: number; started_at: number; launcher_pid?: number; launcher_start?: string };
+
+function statOr(p: string): { mtimeMs: number } | undefined {
+  try {
+    return statSync(p);
+  } catch {
+    return undefined;
+  }
+}
+
+/** Whether the unit instance's launcher (from its record, else its own state file) still runs. */
+function unitLauncherAlive(u: UnitRecord, st: InstanceState | undefined): boolean {
+  if (st?.state === 'exited') return false;
+  const pidfd = openLauncherPidfd({ launcher_pid: u.launcher_pid ?? st?.launcher_pid, launcher_start: u.launcher_start ?? st?.launcher_start });
+  if (pidfd === undefined) return false;
+  sock.close(pidfd);
+  return true;
+}
+
+/** Ids reserved in `next-id` at a time: one small write per this many instances. */
+const ID_BLOCK = 100;
+
+/** FILE's text when it is root's own regular file, not a link (safefile.ts); else dflt. */
+function readOr(file: string, dflt = ''): string {
+  return readFileNoFollow(path.dirname(file), path.basename(file)) ?? dflt;
+}
 
 export class InstanceDir {
   readonly dir: string;
@@ -61,8 +97,14 @@ export class InstanceDir {
   constructor(readonly runtimeDir: string) {
     this.dir = path.join(runtimeDir, 'instances');
     this.uidDir = path.join(runtimeDir, 'uids');
-    mkdirSync(this.dir, { recursive: true, mode: 0o700 });
-    mkdirSync(this.uidDir, { recursive: true, mode: 0o700 });
+    // Made or checked without following links (safefile.ts): an UnsafePathError means a link
+    // or someone else's directory was planted here.
+    const root = openDirNoFollow(runtimeDir, 0o700);
+    try {
+      for (const d of [this.dir, this.uidDir]) sock.close(openSubdir(root, path.basename(d), 0o700, d));
+    } finally {
+      sock.close(root);
+    }
   }
   file(id: number, ext: 'json' | 'state' | 'log'): string {
     return path.join(this.dir, `${id}.${ext}`);
@@ -72,22 +114,65 @@ export class InstanceDir {
   }
   readRecord(id: number): InstanceRecord | undefined {
     try {
-      return JSON.parse(readFileSync(this.file(id, 'json'), 'utf8')) as InstanceRecord;
+      return JSON.parse(readFileNoFollow(this.dir, `${id}.json`) ?? '') as InstanceRecord;
     } catch {
       return undefined;
     }
   }
   readState(id: number): InstanceState | undefined {
-    let text: string;
-    try {
-      text = readFileSync(this.file(id, 'state'), 'utf8');
-    } catch {
-      return undefined;
-    }
+    // Written by the launcher as root; anything else in its place is not believed.
+    const text = readFileNoFollow(this.dir, `${id}.state`);
+    if (text === undefined) return undefined;
     const kv = Object.fromEntries(text.split('\n').filter((l) => l.includes('=')).map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]));
     const num = (k: string) => (kv[k] === undefined || kv[k] === '' ? undefined : Number(kv[k]));
     const state = ['starting', 'running', 'stopping', 'exited'].includes(kv.state) ? (kv.state as InstanceState['state']) : 'starting';
-    return { state, server_pid: num('server_pid'), exit_code: num('exit_code'), exit_signal: num('exit_signal'), reason: kv.reason, ended_at: num('ended_at') };
+    const mntId = (k: string) => (kv[k] && kv[k] !== '0' ? kv[k] : undefined);
+    return {
+      state,
+      server_pid: num('server_pid'),
+      exit_code: num('exit_code'),
+      exit_signal: num('exit_signal'),
+      reason: kv.reason,
+      ended_at: num('ended_at'),
+      launcher_pid: num('launcher_pid'),
+      launcher_start: kv.launcher_start || undefined,
+      mnt_id: mntId('mnt_id'),
+      mnt_id_old: mntId('mnt_id_old'),
+      detached: kv.detached === '1',
+    };
+  }
+
+  /**
+   * Instance ids are never reused, across broker restarts and SIGKILLs: a block of ids is
+   * reserved in `next-id` before any id of it is handed out, so the next broker starts past
+   * every id a previous one may have used (a launcher of one would otherwise write its end
+   * state into the record of a new instance with its id). Also past every id on disk. No
+   * fsync (as atomicWrite): the directory does not outlive a reboot, nor does any instance.
+   */
+  newId(): number {
+    if (this.idNext === undefined || this.idNext >= this.idLimit) {
+      // Re-read at each block: the unit activator allocates from the same file (one process).
+      const saved = Number(/^(\d+)/.exec(readOr(path.join(this.dir, 'next-id')))?.[1] ?? 0);
+      let next = Math.max(this.idNext ?? 1, saved);
+      if (this.idNext === undefined) next = Math.max(next, Math.max(0, ...this.allIds()) + 1);
+      this.idLimit = next + ID_BLOCK;
+      atomicWrite(path.join(this.dir, 'next-id'), `${this.idLimit}\n`);
+      this.idNext = next;
+    }
+    return this.idNext++;
+  }
+  private idNext?: number;
+  private idLimit = 0;
+
+  /** Every id some file in the directory names (records, states, logs, unit records). */
+  allIds(): number[] {
+    const out = new Set<number>();
+    for (const n of readdirSync(this.dir)) {
+      const m = /^(\d+)\./.exec(n);
+      // Ids from 1e9 up are pooled launchers' and (without a broker) time-based unit ids.
+      if (m && Number(m[1]) < 1e9) out.add(Number(m[1]));
+    }
+    return [...out];
   }
   ids(): number[] {
     return readdirSync(this.dir)
@@ -97,12 +182,86 @@ export class InstanceDir {
       .sort((a, b) => a - b);
   }
   remove(id: number): void {
-    for (const ext of ['json', 'state', 'log', 'state.tmp'] as const) rmSync(path.join(this.dir, `${id}.${ext}`), { force: true });
+    for (const ext of ['json', 'state', 'log', 'state.tmp', 'json.tmp', 'unit', 'unit.tmp'] as const) rmSync(path.join(this.dir, `${id}.${ext}`), { force: true });
+  }
+  /** Modification time (unix ms) of one of an instance's files, 0 if it has none. */
+  mtime(id: number, ext: 'json' | 'state' | 'log'): number {
+    try {
+      return statSync(this.file(id, ext)).mtimeMs;
+    } catch {
+      return 0;
+    }
+  }
+
+  /**
+   * At broker start: what no live process will ever use again. Idle pooled launchers of a
+   * killed broker end at the EOF on their socket and leave their pool-N.log; a state file with
+   * no record is a launcher's whose broker died before writing one (or a unit instance of an
+   * older broker) and goes once that launcher is gone; a log with nothing else, and temporary
+   * files a writer left half-way, go once they are old enough that no writer is at them.
+   * Records are not touched here (the broker lists ended ones for a while). Called with the
+   * runtime dir's lock held. Returns the names.
+   */
+  collectGarbage(now = Date.now()): string[] {
+    const names = readdirSync(this.dir);
+    const have = new Set(names);
+    const removed: string[] = [];
+    const drop = (n: string) => {
+      rmSync(path.join(this.dir, n), { force: true });
+      removed.push(n);
+    };
+    const old = (n: string) => now - (statOr(path.join(this.dir, n))?.mtimeMs ?? now) > GC_GRACE_MS;
+    for (const n of names) {
+      if (/^pool-\d+\.log$/.test(n)) drop(n);
+      // Records, unit records and next-id are written by the broker alone, which holds the
+      // runtime dir's lock: a .tmp of theirs is a killed broker's half-write. State files are
+      // launchers' (a live one may be at its .tmp now).
+      else if (/\.(json|unit)\.tmp$|^next-id\.tmp$/.test(n)) drop(n);
+      else if (/\.tmp$/.test(n) && old(n)) drop(n);
+    }
+    for (const id of this.allIds()) {
+      if (have.has(`${id}.json`)) continue;
+      if (have.has(`${id}.unit`)) {
+        const u = this.readUnit(id);
+        if (u && unitLauncherAlive(u, this.readState(id))) continue;
+        for (const ext of ['unit', 'state', 'log']) if (have.has(`${id}.${ext}`)) drop(`${id}.${ext}`);
+        continue;
+      }
+      if (have.has(`${id}.state`)) {
+        const st = this.readState(id);
+        const pidfd = st && st.state !== 'exited' ? openLauncherPidfd({ launcher_pid: st.launcher_pid, launcher_start: st.launcher_start }) : undefined;
+        if (pidfd !== undefined) {
+          sock.close(pidfd);
+          continue;
+        }
+        drop(`${id}.state`);
+        if (have.has(`${id}.log`)) drop(`${id}.log`);
+      } else if (have.has(`${id}.log`) && old(`${id}.log`)) drop(`${id}.log`);
+    }
+    return removed;
+  }
+
+  /** The record of a socket-activated unit instance (UnitActivator): `fuse-svcd stop` ends it. */
+  writeUnit(u: UnitRecord): void {
+    atomicWrite(path.join(this.dir, `${u.id}.unit`), JSON.stringify(u) + '\n');
+  }
+  readUnit(id: number): UnitRecord | undefined {
+    try {
+      return JSON.parse(readFileNoFollow(this.dir, `${id}.unit`) ?? '') as UnitRecord;
+    } catch {
+      return undefined;
+    }
+  }
+  unitIds(): number[] {
+    return readdirSync(this.dir)
+      .map((n) => /^(\d+)\.unit$/.exec(n)?.[1])
+      .filter((x): x is string => x !== undefined)
+      .map(Number);
   }
   logTail(id: number, bytes = 2048): string {
     try {
-      const t = readFileSync(this.file(id, 'log'), 'utf8');
-      return t.slice(-bytes);
+      // Tails go into replies to callers: never through a link to some other file.
+      return (readFileNoFollow(this.dir, `${id}.log`) ?? '').slice(-bytes);
     } catch {
       return '';
     }
@@ -110,19 +269,11 @@ export class InstanceDir {
 }
 
 /**
- * Write to FILE.tmp, then rename: a reader sees the old or the new text, never half. No fsync:
- * state must survive a crash of a process, not of the machine (no instance outlives a reboot,
- * and the runtime directory is a tmpfs in a normal deployment).
+ * Write to FILE.tmp, then rename: a reader sees the old or the new text, never half; made
+ * without following any link (safefile.ts writeFileNoFollow, which says why no fsync).
  */
 export function atomicWrite(file: string, text: string): void {
-  const tmp = `${file}.tmp`;
-  const fd = openSync(tmp, 'w', 0o600);
-  try {
-    writeFileSync(fd, text);
-  } finally {
-    closeSync(fd);
-  }
-  renameSync(tmp, file);
+  writeFileNoFollow(path.dirname(file), path.basename(file), text);
 }
 
 /** Start time of a process in clock ticks since boot (field 22 of /proc/PID/stat). */
@@ -140,15 +291,39 @@ export function processStartTime(pid: number): string | undefined {
  * A pidfd for the launcher of `rec`, or undefined when that process is gone. A pidfd pins the
  * pid number, so checking the start time after opening it proves it is the same process.
  */
-export function openLauncherPidfd(rec: InstanceRecord): number | undefined {
-  if (!rec.launcher_pid || !rec.launcher_start) return undefined;
+export function openLauncherPidfd(rec: Pick<InstanceRecord, 'launcher_pid' | 'launcher_start'>): number | undefined {
+  return openPidfdChecked(rec.launcher_pid, rec.launcher_start, LAUNCHER_COMM);
+}
+
+/** comm of a launcher: the kernel keeps the first 15 bytes of "fuse-svc-launcher". */
+const LAUNCHER_COMM = 'fuse-svc-launch';
+
+/**
+ * A pidfd for `pid` only when, checked after the pidfd pinned the number: it started at
+ * `start` (field 22 of /proc/PID/stat), runs as root (real, effective and saved uid 0), and,
+ * when `comm` is given, has that name. A record read from a file is never believed on its own:
+ * the pid may have been reused, or the record copied from another process's /proc entry.
+ */
+export function openPidfdChecked(pid: number | undefined, start: string | undefined, comm?: string): number | undefined {
+  if (!pid || !start || !Number.isInteger(pid) || pid < 1) return undefined;
   let pidfd: number;
   try {
-    pidfd = sock.pidfdOpen(rec.launcher_pid);
+    pidfd = sock.pidfdOpen(pid);
   } catch {
     return undefined;
   }
-  if (processStartTime(rec.launcher_pid) !== rec.launcher_start) {
+  let ok = processStartTime(pid) === start;
+  if (ok) {
+    try {
+      const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+      const uids = /^Uid:\s+(\d+)\s+(\d+)\s+(\d+)/m.exec(status);
+      ok = uids !== null && uids.slice(1).every((u) => u === '0') && (comm === undefined || /^Name:\s+(.*)$/m.exec(status)?.[1] === comm);
+    } catch {
+      ok = false;
+    }
+  }
+  // Read after the checks: the pidfd still names a live process, so /proc/PID was that one.
+  if (!ok || !sock.pidfdIsAlive(pidfd)) {
     sock.close(pidfd);
     return undefined;
   }
@@ -164,15 +339,14 @@ export type LaunchArgs = {
   fds: number[];
   logFile: string;
   readyTimeoutMs: number;
-  /** The caller's uid: copies of its descriptors are dropped under it (fdsafe.ts). */
-  tag?: number;
 };
 
 /**
  * Spawns a launcher detached (its own session; it must outlive the broker) with an empty
- * environment, hands it the spec on fd 3 and waits for its one readiness line. posix_spawn
- * through the addon rather than child_process: Node's fork() costs milliseconds that grow
- * with the broker's heap, on every mount.
+ * environment, hands it the spec on fd 3 and waits for its one readiness line. Through the
+ * addon rather than child_process: Node's fork() costs milliseconds that grow with the
+ * broker's heap, on every mount, and its child would close copies of callers' descriptors
+ * at exec (a FUSE flush that can wait forever, and Node waits for the exec).
  */
 export function spawnLauncher(a: LaunchArgs): { pid: number; ready: Promise<LaunchResult> } {
   const spec = renderSpec(a.spec);
@@ -180,7 +354,7 @@ export function spawnLauncher(a: LaunchArgs): { pid: number; ready: Promise<Laun
   let readyRd = -1;
   let pid: number;
   try {
-    const logFd = openSync(a.logFile, 'a', 0o600);
+    const logFd = createFileNoFollow(path.dirname(a.logFile), path.basename(a.logFile), sock.O_WRONLY | fsc.O_APPEND);
     opened.push(logFd);
     const [specRd, specWr] = sock.pipe();
     opened.push(specRd, specWr);
@@ -191,7 +365,7 @@ export function spawnLauncher(a: LaunchArgs): { pid: number; ready: Promise<Laun
     const [rd, readyWr] = sock.pipe();
     readyRd = rd;
     opened.push(readyWr);
-    pid = sock.spawnDetached(a.launcher, [a.launcher, 'instance'], [-1, readyWr, logFd, specRd, ...a.fds], a.tag ?? -1);
+    pid = sock.spawnDetached(a.launcher, [a.launcher, 'instance'], [-1, readyWr, logFd, specRd, ...a.fds]);
   } catch (e) {
     if (readyRd >= 0) closeSync(readyRd);
     throw new RequestError('EINTERNAL', `cannot start the launcher ${a.launcher}: ${(e as Error).message}`);
@@ -249,23 +423,59 @@ export function readReady(readyRd: number, timeoutMs: number): Promise<LaunchRes
 
 /**
  * Runs a short helper with `fds` at 3, 4… and an empty environment; resolves with its exit
- * code and stderr. (execa does not place arbitrary descriptors above stderr.)
+ * code and stderr. Through spawnDetached, never child_process: a child of Node's would hold
+ * copies of callers' descriptors and close them at exec (a FUSE flush that may never end).
  */
 export function runWithFds(cmd: string, args: string[], fds: number[], timeoutMs: number): Promise<{ code: number; stderr: string }> {
   return new Promise((resolve) => {
-    const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe', ...fds], env: {} });
+    let rd = -1;
+    let pidfd: number;
+    try {
+      const [r, w] = sock.pipe();
+      rd = r;
+      try {
+        pidfd = sock.pidfdOpen(sock.spawnDetached(cmd, [cmd, ...args], [-1, -1, w, ...fds]));
+      } finally {
+        closeSync(w);
+      }
+    } catch (e) {
+      if (rd >= 0) closeSync(rd);
+      resolve({ code: -1, stderr: (e as Error).message });
+      return;
+    }
     let stderr = '';
-    child.stderr!.setEncoding('utf8');
-    child.stderr!.on('data', (d: string) => (stderr = (stderr + d).slice(-4096)));
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    child.on('error', (e) => {
+    let eof = false;
+    let exited: { code: number; signal: number } | null = null;
+    const buf = Buffer.alloc(4096);
+    const finish = () => {
+      if (!eof || !exited) return;
       clearTimeout(timer);
-      resolve({ code: -1, stderr: e.message });
+      closeSync(rd);
+      closeSync(pidfd);
+      resolve({ code: exited.signal ? -1 : exited.code, stderr });
+    };
+    const out = sock.poll(rd, 'readable', () => {
+      let n = 0;
+      try {
+        n = readSync(rd, buf, 0, buf.length, null);
+      } catch {
+        n = 0;
+      }
+      if (n > 0) {
+        stderr = (stderr + buf.toString('utf8', 0, n)).slice(-4096);
+        return;
+      }
+      eof = true;
+      out.stop();
+      finish();
     });
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code: code ?? -1, stderr });
+    // Not onPidfdExit: it reaps, and the exit status is wanted here.
+    const exit = sock.poll(pidfd, 'readable', () => {
+      exit.stop();
+      exited = sock.pidfdReap(pidfd) ?? { code: -1, signal: 0 };
+      finish();
     });
+    const timer = setTimeout(() => signalLauncher(pidfd, 9), timeoutMs);
   });
 }
 
@@ -320,21 +530,29 @@ export async function stopAll(runtimeDir: string, timeoutMs = 30000): Promise<{ 
   const dir = new InstanceDir(runtimeDir);
   const waits: Promise<boolean>[] = [];
   let gone = 0;
-  for (const id of dir.ids()) {
-    const rec = dir.readRecord(id);
+  // Mount records and the records of socket-activated unit instances: a unit's server may
+  // serve its mount long after its connection ended (upstream's send BYE, then serve).
+  const all = [...dir.ids().map((id) => ({ id, rec: dir.readRecord(id) as (InstanceRecord | UnitRecord) | undefined })), ...dir.unitIds().map((id) => ({ id, rec: dir.readUnit(id) }))];
+  for (const { id, rec } of all) {
     const st = dir.readState(id);
     if (!rec || st?.state === 'exited') continue;
-    const pidfd = openLauncherPidfd(rec);
+    // A record written before the spawn names no pid: the launcher's state file does.
+    const pidfd = openLauncherPidfd({ launcher_pid: rec.launcher_pid ?? st?.launcher_pid, launcher_start: rec.launcher_start ?? st?.launcher_start });
     if (pidfd === undefined) {
       gone++;
       continue;
     }
     signalLauncher(pidfd);
-    log.info(`stop: instance ${id} (${rec.source} on ${rec.target}, uid ${rec.owner_uid}): unmounting`);
+    if ('unit' in rec) log.info(`stop: unit instance ${id} (${rec.unit}, peer uid ${rec.peer_uid}): ending`);
+    else log.info(`stop: instance ${id} (${rec.source} on ${rec.target}, uid ${rec.owner_uid}): unmounting`);
+    const isUnit = 'unit' in rec;
     waits.push(
       waitPidfd(pidfd, timeoutMs).then((ok) => {
         sock.close(pidfd);
         if (!ok) log.warn(`stop: instance ${id} did not end within ${timeoutMs} ms`);
+        // No broker lists unit instances: their record goes with them (mount records stay,
+        // for the next broker to list once).
+        else if (isUnit) dir.remove(id);
         return ok;
       }),
     );

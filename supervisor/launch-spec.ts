@@ -8,8 +8,11 @@ import { loadServiceFile, processRecords, type ServiceConfig } from './units/dir
 
 export type SpecRecord = (string | number)[];
 
-/** Fd numbers the broker hands the launcher (stdio positions of the spawn). */
-export const LAUNCHER_FDS = { spec: 3, source: 4, target: 5, callerPidfd: 6 } as const;
+/**
+ * Fd numbers the broker hands the launcher (stdio positions of the spawn). A given mount
+ * (upstream sockets) puts the helper's mounted /dev/fuse where the target would be.
+ */
+export const LAUNCHER_FDS = { spec: 3, source: 4, target: 5, fuse: 5, callerPidfd: 6 } as const;
 /** Where the server finds its FUSE fd and its source. */
 export const SERVER_FUSE_FD = 3;
 export const SOURCE_SENTINEL = '/dev/fuse-svc/source';
@@ -53,16 +56,27 @@ export type MountInstance = {
   noexec?: boolean;
   /** The kernel checks permissions itself (-o default_permissions). */
   defaultPermissions?: boolean;
+  /** FUSE allow_other: Docker volume driver mounts only (their caller is the broker itself). */
+  allowOther?: boolean;
   /** Options for the server's -o, already validated. */
   serverOptions: string[];
+  /** The source's size: the placeholder at the sentinel path stats with it (libzip stat()s its path). */
+  sourceSize?: number;
   /** Kernel mount options already validated (max_read=). */
   maxRead?: number;
   fsname: string;
   fstype: string;
+  /** A transport server's remote directory ({remote_path}); undefined for image servers. */
+  remotePath?: string;
   /** Instance cgroup directories, one per hierarchy (supervisor/cgroups.ts). */
   cgroup?: string | string[];
   /** A pooled launcher joined `cgroup` already (docs/launcher.md, cgroup_joined). */
   cgroupJoined?: boolean;
+  /**
+   * The caller's helper mounted the FUSE connection itself (libfuse's contained-service
+   * protocol, supervisor/upstream.ts): the launcher gets that /dev/fuse, not a target.
+   */
+  given?: boolean;
 };
 
 /** The spec of one brokered mount: mount + sandbox + server. */
@@ -73,17 +87,23 @@ export function mountSpec(m: MountInstance): SpecRecord[] {
       .replaceAll('{options}', m.serverOptions.join(','))
       .replaceAll('{source}', SOURCE_SENTINEL)
       .replaceAll('{mountpoint}', s.fuseFd === 'devfd' ? `/dev/fd/${SERVER_FUSE_FD}` : SERVER_MOUNTPOINT)
-      .replaceAll('{fusefd}', String(SERVER_FUSE_FD));
+      .replaceAll('{fusefd}', String(SERVER_FUSE_FD))
+      .replaceAll('{remote_path}', m.remotePath ?? '')
+      // Servers that map ownership themselves (exfat, vfat, ntfs): files appear as the caller's.
+      .replaceAll('{caller_uid}', String(m.callerUid))
+      .replaceAll('{caller_gid}', String(m.callerGid));
   const recs: SpecRecord[] = [
     ['version', 1],
     ['id', m.id],
     ['rundir', m.runtimeDir],
     ['uid', m.uid],
     ['gid', m.uid],
-    ['fd', 'source', LAUNCHER_FDS.source],
-    ['fd', 'target', LAUNCHER_FDS.target],
+    // A transport (sshfs's SFTP socket) is passed where a source would be; the launcher makes
+    // it the server's stdin and stdout.
+    ['fd', s.source === 'transport' ? 'transport' : 'source', LAUNCHER_FDS.source],
+    m.given ? ['fd', 'fuse', LAUNCHER_FDS.fuse] : ['fd', 'target', LAUNCHER_FDS.target],
     ['fd', 'caller_pidfd', LAUNCHER_FDS.callerPidfd],
-    ['mount', 'fuse'],
+    ['mount', m.given ? 'given' : 'fuse'],
     ['mount_fsname', m.fsname],
     ['mount_subtype', m.fstype],
     ['mount_owner', m.callerUid, m.callerGid],
@@ -91,11 +111,17 @@ export function mountSpec(m: MountInstance): SpecRecord[] {
   ];
   if (m.noexec) recs.push(['mount_noexec', 1]);
   if (m.defaultPermissions) recs.push(['mount_default_permissions', 1]);
+  if (m.allowOther) recs.push(['mount_allow_other', 1]);
   if (m.maxRead !== undefined) recs.push(['mount_max_read', m.maxRead]);
-  recs.push(['fuse_fd', SERVER_FUSE_FD], ['source_sentinel', SOURCE_SENTINEL]);
+  const image = s.source === 'seccomp-notify';
+  recs.push(['fuse_fd', SERVER_FUSE_FD]);
+  // No image, no sentinel: a transport server runs without a seccomp notifier at all.
+  if (image) recs.push(['source_sentinel', SOURCE_SENTINEL]);
+  if (s.fuseFd === 'notify') recs.push(['fuse_handover', 'notify']);
   recs.push(...sandboxRoot(s, m.standin, m.cgroup));
   if (m.cgroupJoined) recs.push(['cgroup_joined', 1]);
-  recs.push(['root_dir', SERVER_MOUNTPOINT], ['root_file', SOURCE_SENTINEL]);
+  recs.push(['root_dir', SERVER_MOUNTPOINT]);
+  if (image) recs.push(m.sourceSize ? ['root_file', SOURCE_SENTINEL, m.sourceSize] : ['root_file', SOURCE_SENTINEL]);
   recs.push(['env', 'PATH=/usr/bin:/bin'], ['env', `FUSE_SVC_FUSE_FD=${SERVER_FUSE_FD}`], ['cwd', '/']);
   recs.push(['exec', s.exec], ...s.argv.map((a) => ['arg', subst(a)]));
   recs.push(...seccompRecords(m.policyDir, s.seccompPolicy));
@@ -123,6 +149,7 @@ export function sandboxOf(s: ServerDef): ServiceConfig | undefined {
 export function sandboxRoot(s: ServerDef, standin: string, cgroup?: string | string[]): SpecRecord[] {
   const recs: SpecRecord[] = [['root_usr', 1]];
   if (s.fuseFd === 'fusermount') recs.push(['root_bin', 'standin', standin]);
+  if (s.passwd) recs.push(['root_passwd', 'fuse-svc']);
   for (const p of s.paths) {
     if (existsSync(p.src)) recs.push(['root_bind', p.src, p.dst, 'ro']);
     else if (!p.optional) throw new Error(`${s.file}: path ${p.src} does not exist on this host`);

@@ -1,25 +1,29 @@
 #!/usr/bin/env node
 // fuse-svcd: the command line. `run` (default) serves requests; `stop` is the full stop;
 // `check` reports the host's kernel features.
-import { copyFileSync, chmodSync, existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { chmodSync, existsSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { execa } from 'execa';
 import { ConfigError, DEFAULTS, loadConfigFile, parseMode, parseUidRange, readFuseConf, type Config } from './config.js';
-import { hostChecks, formatChecks } from './check.js';
-import { loadServers } from './servers.js';
+import { hostChecks, formatChecks, serverChecks } from './check.js';
+import { formatProblem, loadServerDefs, unservedTypes } from './server-check.js';
 import { Broker } from './broker.js';
-import { atomicWrite, openLauncherPidfd, stopAll, waitPidfd, signalLauncher } from './instances.js';
+import { atomicWrite, openPidfdChecked, stopAll, waitPidfd, signalLauncher } from './instances.js';
 import { log } from './log.js';
 import { sweepRuntimeDir } from './cgroups.js';
 import * as sock from '../helper/native/socket.js';
 import { processStartTime } from './instances.js';
 // issue 3 (units): socket activation and `security`
 import { UnitActivator } from './units/activation.js';
+import { acquirePluginLock, DockerPlugin, pluginLockFile } from './docker-plugin.js';
 import { UnitError } from './units/parser.js';
 import { runSecurity } from './units/security.js';
-import { acquireBrokerLock, brokerLockHolders, checkSecureDir, EXIT_BROKER_RUNNING, EXIT_INSECURE_DIR, InsecurePathError, pidFileText, processUid } from './rundir.js';
+// issue 13 §2: upstream libfuse's helper reaches fuse-svcd's servers
+import { UpstreamSockets } from './upstream.js';
+import { acquireBrokerLock, brokerLockHolders, checkSecureDir, checkSeparated, EXIT_BROKER_RUNNING, EXIT_INSECURE_DIR, InsecurePathError, pidFileText } from './rundir.js';
+import { openDirNoFollow, openSubdir, readFileNoFollow, UnsafePathError, writeFileNoFollow } from './safefile.js';
 
 const DEFAULT_CONFIG_FILE = '/etc/fuse-svc/config.json';
 
@@ -32,6 +36,8 @@ type RunArgs = {
   'uid-range'?: string;
   'proc-source'?: string;
   units?: string;
+  'upstream-sockets'?: boolean;
+  'docker-plugin'?: boolean;
 };
 
 function buildConfig(a: RunArgs): Config {
@@ -41,15 +47,16 @@ function buildConfig(a: RunArgs): Config {
   if (fc.userAllowOther) cfg.userAllowOther = true;
   const file = a.config ?? (existsSync(DEFAULT_CONFIG_FILE) ? DEFAULT_CONFIG_FILE : undefined);
   if (file) cfg = loadConfigFile(file, cfg);
-  if (a['runtime-dir']) {
-    cfg.runtimeDir = path.resolve(a['runtime-dir']);
-    // The socket follows the runtime directory unless it was named (flag or file).
-    if (!a.socket && cfg.socket === DEFAULTS.socket) cfg.socket = path.join(cfg.runtimeDir, 'broker.sock');
-  }
+  if (a['runtime-dir']) cfg.runtimeDir = path.resolve(a['runtime-dir']);
   if (a.socket) cfg.socket = path.resolve(a.socket);
+  // A state dir named without a socket keeps that broker self-contained: its public part is
+  // RUNDIR/public (a directory of its own, which clients may be given; the state stays above).
+  else if (cfg.socket === DEFAULTS.socket && cfg.runtimeDir !== DEFAULTS.runtimeDir) cfg.socket = path.join(cfg.runtimeDir, 'public', 'broker.sock');
   if (a['socket-mode']) cfg.socketMode = parseMode(a['socket-mode']);
   if (a['socket-group']) cfg.socketGroup = a['socket-group'];
   if (a['uid-range']) cfg.uidRange = parseUidRange(a['uid-range']);
+  if (a['upstream-sockets']) cfg.upstreamSockets = true;
+  if (a['docker-plugin']) cfg.dockerPlugin = true;
   if (a['proc-source']) {
     if (a['proc-source'] !== 'auto' && a['proc-source'] !== 'none') throw new ConfigError('--proc-source: expected auto or none');
     cfg.procSource = a['proc-source'];
@@ -69,35 +76,86 @@ async function ensureVisibleProc(cfg: Config): Promise<void> {
   const dir = path.join(cfg.runtimeDir, 'proc');
   if (points.includes(dir)) return;
   if (!points.some((p) => p.startsWith('/proc/'))) return;
-  mkdirSync(dir, { recursive: true, mode: 0o555 });
+  // mount(8) follows links: RUNDIR/proc must be a real directory of root's (a planted link
+  // would put a procfs over its target).
+  stateSubdir(cfg, 'proc', 0o555);
   await execa('mount', ['-t', 'proc', '-o', 'nosuid,nodev,noexec', 'proc', dir], { env: {}, extendEnv: false });
   log.info(`/proc is partly masked (container); mounted an unmasked procfs at ${dir} so sandboxes can mount their own`);
+}
+
+/**
+ * The static client goes to PUBLIC/bin (PUBLIC: the socket's directory, what client containers
+ * mount), written fresh and renamed into place: a client running the old copy keeps it, and a
+ * link planted at bin/ or its entries is replaced or refused, never written through.
+ */
+/** Makes or checks RUNDIR/NAME: a real directory of root's, writable by root alone (safefile.ts). */
+function stateSubdir(cfg: Config, name: string, mode: number): void {
+  const root = openDirNoFollow(cfg.runtimeDir);
+  try {
+    sock.close(openSubdir(root, name, mode, path.join(cfg.runtimeDir, name)));
+  } finally {
+    sock.close(root);
+  }
 }
 
 function publishClient(cfg: Config): void {
   const src = path.join(cfg.nativeDir, 'fuse-svc-client');
   if (!cfg.publishClient || !existsSync(src)) return;
-  const dir = path.join(cfg.runtimeDir, 'bin');
-  mkdirSync(dir, { recursive: true, mode: 0o755 });
-  const dst = path.join(dir, 'fuse-svc-request');
-  copyFileSync(src, `${dst}.tmp`);
-  chmodSync(`${dst}.tmp`, 0o755);
-  rmSync(dst, { force: true });
-  copyFileSync(`${dst}.tmp`, dst);
-  chmodSync(dst, 0o755);
-  rmSync(`${dst}.tmp`, { force: true });
+  const pub = openDirNoFollow(path.dirname(cfg.socket));
+  try {
+    const bin = openSubdir(pub, 'bin', 0o755, path.join(path.dirname(cfg.socket), 'bin'));
+    try {
+      writeFileNoFollow(bin, 'fuse-svc-request', readFileSync(src), 0o755);
+    } finally {
+      sock.close(bin);
+    }
+  } finally {
+    sock.close(pub);
+  }
 }
 
-/** The runtime dir and the socket's dir must be secure paths (supervisor/rundir.ts), or exit 77. */
-function secureDirsOrExit(cfg: Config, create: boolean): void {
+/**
+ * The state dir and the socket's dir must be secure paths (supervisor/rundir.ts) and apart
+ * (the socket's dir neither the state dir nor above it), or exit 77. `stop` touches only the
+ * state dir.
+ */
+function secureDirsOrExit(cfg: Config, create: boolean, socketToo = true): void {
   try {
+    if (socketToo) checkSeparated(cfg.runtimeDir, path.dirname(cfg.socket));
     checkSecureDir(cfg.runtimeDir, create);
-    checkSecureDir(path.dirname(cfg.socket), create);
+    if (socketToo) checkSecureDir(path.dirname(cfg.socket), create);
   } catch (e) {
-    if (!(e instanceof InsecurePathError)) throw e;
+    if (!(e instanceof InsecurePathError) && !(e instanceof UnsafePathError)) throw e;
     log.error(`refusing to use an insecure runtime path: ${e.message}`);
     process.exit(EXIT_INSECURE_DIR);
   }
+}
+
+/** What a planted link or foreign directory found while setting up costs: exit 77, one line. */
+function orExitInsecure<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (e) {
+    if (!(e instanceof UnsafePathError)) throw e;
+    log.error(`refusing to use an insecure runtime path: ${e.message}`);
+    process.exit(EXIT_INSECURE_DIR);
+  }
+}
+
+/**
+ * The server definitions, each checked with its policy and sandbox: a bad one disables only
+ * its types (one line each). Without configured fstypes, every type of every valid definition
+ * is served.
+ */
+function loadDefinitions(cfg: Config): ReturnType<typeof loadServerDefs>['servers'] {
+  const { servers, problems } = loadServerDefs(cfg.serverDir, cfg.policyDir);
+  for (const p of problems) log.error(`server definition refused: ${formatProblem(p)}`);
+  if (cfg.fstypes.length === 0) cfg.fstypes = [...servers.keys()].sort();
+  else {
+    const missing = unservedTypes(cfg.fstypes, servers);
+    if (missing.length) log.warn(`configured fstypes without a valid server definition in ${cfg.serverDir}: ${missing.join(', ')} (refused with EFSTYPE)`);
+  }
+  return servers;
 }
 
 async function run(a: RunArgs): Promise<void> {
@@ -110,32 +168,58 @@ async function run(a: RunArgs): Promise<void> {
   }
   secureDirsOrExit(cfg, true);
   // Held (never closed) for the broker's life; the kernel drops it when the process ends.
-  if (acquireBrokerLock(cfg.runtimeDir) === undefined) {
+  if (orExitInsecure(() => acquireBrokerLock(cfg.runtimeDir)) === undefined) {
     log.error(`another broker (pid ${pidFileText(cfg.runtimeDir)}) is serving ${cfg.runtimeDir}; exiting`);
     process.exit(EXIT_BROKER_RUNNING);
   }
-  const servers = loadServers(cfg.serverDir);
+  // The plugin socket is a global path: its lock is taken before anything else is set up, and
+  // a live broker holding it makes this one exit as a second broker on the same state does.
+  if (cfg.dockerPlugin && orExitInsecure(() => acquirePluginLock(cfg)) === undefined) {
+    log.error(`another live broker holds the Docker plugin socket ${cfg.dockerPluginSocket} (lock ${pluginLockFile(cfg.dockerPluginSocket)}); exiting`);
+    process.exit(EXIT_BROKER_RUNNING);
+  }
+  const servers = loadDefinitions(cfg);
   // Units are loaded (and refused with FILE:LINE) before anything listens.
-  const broker = new Broker(cfg, servers);
+  const broker = orExitInsecure(() => new Broker(cfg, servers));
   let units: UnitActivator | undefined;
   try {
     units = a.units ? new UnitActivator({ dir: path.resolve(a.units), runtimeDir: cfg.runtimeDir, nativeDir: cfg.nativeDir, uids: broker.uids }) : undefined;
   } catch (e) {
     throw e instanceof UnitError ? new ConfigError(e.message) : e;
   }
-  chmodSync(cfg.runtimeDir, 0o755);
-  await ensureVisibleProc(cfg);
-  publishClient(cfg);
+  // Search only: sandboxes reach RUNDIR/empty (units) and callers a nested RUNDIR/public by
+  // name; no one but root lists or opens the state itself (instances/ and uids/ are 0700).
+  // Bound read-only into unit sandboxes as their empty directories: no planted link there.
+  if (units) orExitInsecure(() => stateSubdir(cfg, 'empty', 0o555));
+  chmodSync(cfg.runtimeDir, 0o711);
+  await orExitInsecure(() => ensureVisibleProc(cfg));
+  orExitInsecure(() => publishClient(cfg));
+  // Said once everything is checked, so a refused start is still exactly one line.
+  log.info(`serving ${cfg.fstypes.filter((t) => servers.has(t)).join(', ') || 'no filesystem type'}`);
   broker.start();
   units?.start();
-  atomicWrite(path.join(cfg.runtimeDir, 'broker.pid'), `${process.pid} ${processStartTime(process.pid)}\n`);
+  // After the units: a socket a unit names explicitly is the unit's.
+  const upstream = cfg.upstreamSockets ? new UpstreamSockets(cfg, broker, cfg.fstypes.filter((t) => servers.has(t))) : undefined;
+  try {
+    orExitInsecure(() => upstream?.start());
+  } catch (e) {
+    if (!(e instanceof InsecurePathError)) throw e;
+    log.error(`refusing to use an insecure upstream socket dir: ${e.message}`);
+    process.exit(EXIT_INSECURE_DIR);
+  }
+  // After broker.start(): instances are re-adopted, so live volumes are recognised.
+  const plugin = cfg.dockerPlugin ? new DockerPlugin(cfg, broker) : undefined;
+  orExitInsecure(() => plugin?.start());
+  orExitInsecure(() => atomicWrite(path.join(cfg.runtimeDir, 'broker.pid'), `${process.pid} ${processStartTime(process.pid)}\n`));
   let exiting = false;
   const exit = (sig: string) => {
     if (exiting) return;
     exiting = true;
     log.info(`${sig}: exiting; ${broker.liveCount()} live mount(s) keep running (full stop: fuse-svcd stop)`);
+    plugin?.close();
     const closed = broker.close();
     units?.close();
+    upstream?.close();
     rmSync(path.join(cfg.runtimeDir, 'broker.pid'), { force: true });
     // Idle pooled launchers end when their sockets close: reap them before leaving.
     void closed.then(() => process.exit(0));
@@ -147,17 +231,14 @@ async function run(a: RunArgs): Promise<void> {
 
 async function stop(a: RunArgs & { timeout: number }): Promise<void> {
   const cfg = buildConfig(a);
-  secureDirsOrExit(cfg, false);
+  secureDirsOrExit(cfg, false, false);
   // First the broker, so no new mount arrives while the others are taken down. broker.pid is
   // believed only for the process holding the broker lock (/proc/locks), for a root process with the recorded start
   // time (checked after the pidfd pins the pid): a stale or forged file signals no one.
   try {
-    const [pid, start] = readFileSync(path.join(cfg.runtimeDir, 'broker.pid'), 'utf8').trim().split(' ');
-    const pidfd = brokerLockHolders(cfg.runtimeDir).includes(Number(pid)) ? openLauncherPidfd({ launcher_pid: Number(pid), launcher_start: start } as never) : undefined;
-    if (pidfd !== undefined && processUid(Number(pid)) !== 0) {
-      log.warn(`broker.pid names pid ${pid}, not a root process: not signalled`);
-      sock.close(pidfd);
-    } else if (pidfd !== undefined) {
+    const [pid, start] = (readFileNoFollow(cfg.runtimeDir, 'broker.pid') ?? '').trim().split(' ');
+    const pidfd = brokerLockHolders(cfg.runtimeDir).includes(Number(pid)) ? openPidfdChecked(Number(pid), start) : undefined;
+    if (pidfd !== undefined) {
       signalLauncher(pidfd);
       if (!(await waitPidfd(pidfd, 5000))) log.warn(`the broker (pid ${pid}) did not exit within 5 s`);
       sock.close(pidfd);
@@ -165,20 +246,30 @@ async function stop(a: RunArgs & { timeout: number }): Promise<void> {
   } catch {
     /* no broker running */
   }
-  const r = await stopAll(cfg.runtimeDir, a.timeout);
-  sweepRuntimeDir(cfg.runtimeDir); // instance cgroups a killed launcher could not remove
+  let r: Awaited<ReturnType<typeof stopAll>>;
+  try {
+    r = await stopAll(cfg.runtimeDir, a.timeout);
+  } catch (e) {
+    if (!(e instanceof UnsafePathError)) throw e;
+    log.error(`refusing to use an insecure runtime path: ${e.message}`);
+    process.exit(EXIT_INSECURE_DIR);
+  }
+  // Instance cgroups a killed launcher could not remove; the parents unless a broker still runs.
+  sweepRuntimeDir(cfg.runtimeDir, { parents: brokerLockHolders(cfg.runtimeDir).length === 0 });
   log.info(`full stop: ${r.stopped} instance(s) unmounted and ended${r.gone ? `, ${r.gone} already gone` : ''}`);
 }
 
 const runOptions = {
-  socket: { type: 'string', describe: `socket path (default ${DEFAULTS.socket})` },
+  socket: { type: 'string', describe: `socket path (default ${DEFAULTS.socket}, or RUNDIR/public/broker.sock with --runtime-dir); its directory is the public one clients get, with bin/fuse-svc-request` },
   'socket-mode': { type: 'string', describe: 'socket permissions, octal (default 0666: every local user may ask; the policy decides)' },
   'socket-group': { type: 'string', describe: 'group owning the socket (name or gid)' },
-  'runtime-dir': { type: 'string', describe: `instance state, uid locks, published client (default ${DEFAULTS.runtimeDir})` },
+  'runtime-dir': { type: 'string', describe: `the broker's own state: instances, uid locks, pid file, logs; never given to clients (default ${DEFAULTS.runtimeDir})` },
   config: { type: 'string', describe: `JSON configuration file (default ${DEFAULT_CONFIG_FILE} if present; keys in docs/configuration.md)` },
   'uid-range': { type: 'string', describe: `dynamic uids for sandboxes, FIRST-LAST (default ${DEFAULTS.uidRange.join('-')})` },
   'proc-source': { type: 'string', describe: 'auto: mount an unmasked procfs when /proc is masked (Docker); none: never' },
   units: { type: 'string', describe: 'also socket-activate every NAME.socket + NAME@.service pair in DIR (docs/units.md)' },
+  'upstream-sockets': { type: 'boolean', describe: "also listen on /run/filesystems/TYPE for every served type and play the server side of libfuse's contained-service protocol for upstream's fuservicemount3 (docs/units.md)" },
+  'docker-plugin': { type: 'boolean', describe: 'also serve Docker volume plugin requests on /run/docker/plugins/fuse-svc.sock (driver "fuse-svc", docs/deploy.md)' },
 } as const;
 
 async function main(): Promise<void> {
@@ -214,17 +305,17 @@ async function main(): Promise<void> {
     )
     .command(
       'check',
-      'report the kernel features the broker needs, and what to do about missing ones',
-      { json: { type: 'boolean', default: false, describe: 'print JSON' } },
+      'report the kernel features the broker needs, what to do about missing ones, and every server definition that would be refused',
+      { json: { type: 'boolean', default: false, describe: 'print JSON' }, config: runOptions.config },
       (a) => {
-        const checks = hostChecks();
+        const checks = [...hostChecks(), ...serverChecks(buildConfig(a as RunArgs))];
         process.stdout.write(a.json ? JSON.stringify(checks, null, 2) + '\n' : formatChecks(checks) + '\n');
         process.exitCode = checks.some((c) => c.required && !c.ok) ? 1 : 0;
       },
     )
     .epilogue(
-      'Files:\n  /run/fuse-svc/broker.sock     the request socket\n  /run/fuse-svc/instances/      one state file and log per instance (survives restarts)\n  /etc/fuse-svc/config.json     optional configuration\n  /etc/fuse.conf                mount_max, user_allow_other (as fusermount)\n\n' +
-        'Signals: SIGTERM/SIGINT end the broker; live mounts keep running and are re-adopted by the next\nbroker. Exit status 78: a required host feature is missing (see `fuse-svcd check`);\n77: the runtime dir or socket dir (or a parent) is not root-owned and writable by root alone\n(parents may be sticky), or is reached through a symlink; 75: another broker holds the runtime\ndir\'s lock; 64: bad configuration.\n\nDocs: docs/protocol.md, docs/security.md, docs/deploy.md',
+      'Files:\n  /run/fuse-svc/broker.sock     the request socket (/run/fuse-svc: the public dir clients get, read-only)\n  /run/fuse-svc/bin/            the published static client\n  /run/fuse-svcd/instances/     one state file and log per instance (survives restarts; never shared)\n  /etc/fuse-svc/config.json     optional configuration\n  /run/docker/plugins/fuse-svc.sock  the Docker volume plugin socket (--docker-plugin; root only)\n  /var/lib/fuse-svc/docker/     Docker volume definitions (--docker-plugin)\n  /etc/fuse.conf                mount_max, user_allow_other (as fusermount)\n\n' +
+        'Signals: SIGTERM/SIGINT end the broker; live mounts keep running and are re-adopted by the next\nbroker. Exit status 78: a required host feature is missing (see `fuse-svcd check`);\n77: the runtime dir or socket dir (or a parent) is not root-owned and writable by root alone\n(parents may be sticky), is reached through a symlink, holds a planted link or foreign directory,\nor the socket\'s dir holds the runtime dir; 75: another broker holds the runtime\ndir\'s lock; 64: bad configuration.\n\nDocs: docs/protocol.md, docs/security.md, docs/deploy.md',
     )
     .strict()
     .wrap(Math.min(100, process.stdout.columns || 100))

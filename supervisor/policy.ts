@@ -4,14 +4,14 @@
 import { readFileSync } from 'node:fs';
 import { RequestError } from './protocol.js';
 import type { Config } from './config.js';
-import type { ServerDef } from './servers.js';
+import { optionAllowed, type ServerDef } from './servers.js';
 import * as sock from '../helper/native/socket.js';
 import { statfsBounded } from './fdsafe.js';
 import { sourceRules, targetRules } from './fusermount-rules.js';
 
 export { MOUNTABLE_FS_MAGIC } from './fusermount-rules.js';
 
-export type Caller = { uid: number; gid: number; pid: number; pidfd: number; groups: number[] };
+export type Caller = { uid: number; gid: number; pid: number; pidfd: number; groups: number[]; pidfdError?: string | null };
 
 /** Supplementary groups of the caller, read through its pidfd's pid (none if not visible). */
 export function callerGroups(pidfd: number, gid: number): number[] {
@@ -34,8 +34,39 @@ export type SourceCheck = { type: 'file' | 'blk'; size: number };
 
 export function checkSource(fd: number, readOnly: boolean): SourceCheck {
   // statx with AT_STATX_DONT_SYNC and fcntl: neither reaches a FUSE filesystem (supervisor/fdsafe.ts).
-  const info = sock.fdInfo(fd);
+  let info: ReturnType<typeof sock.fdInfo>;
+  try {
+    info = sock.fdInfo(fd);
+  } catch (e) {
+    // A file on a FUSE mount without allow_other: nobody but its owner may use it, neither the
+    // broker nor the sandboxed server (whose reads would fail the same way).
+    if ((e as { code?: string }).code === 'EACCES') throw new RequestError('EBADFD_SOURCE', 'the source lies on a FUSE mount without allow_other: the sandboxed server could not read it');
+    throw e;
+  }
   return sourceRules({ type: info.type, accmode: info.accmode, size: Number(info.size) }, readOnly);
+}
+
+/**
+ * A transport (`--via`): one end of a connected AF_UNIX stream socket, nothing else. Asked of
+ * the descriptor alone (statx DONT_SYNC, getsockopt, getpeername), so no FUSE server and no
+ * peer can delay it; a FUSE file, a device, a pipe, a listening or unconnected socket, or a
+ * network socket (which would hand the server the network) is refused before anything reads it.
+ */
+export function checkTransport(fd: number): void {
+  let info: ReturnType<typeof sock.fdInfo>;
+  try {
+    info = sock.fdInfo(fd);
+  } catch (e) {
+    if ((e as { code?: string }).code === 'EACCES') throw new RequestError('EBADFD_TRANSPORT', 'the transport is a file on a FUSE mount, not a socket');
+    throw e;
+  }
+  const kinds: Record<string, string> = { file: 'regular file', dir: 'directory', chr: 'character device', blk: 'block device', fifo: 'pipe', lnk: 'symbolic link' };
+  if (info.type !== 'sock') throw new RequestError('EBADFD_TRANSPORT', `the transport is a ${kinds[info.type] ?? info.type}, not a connected AF_UNIX stream socket`);
+  if (info.accmode !== 'rw') throw new RequestError('EBADFD_TRANSPORT', 'the transport descriptor is not open for reading and writing');
+  const s = sock.socketInfo(fd);
+  if (s.domain !== 'unix') throw new RequestError('EBADFD_TRANSPORT', `the transport is an ${s.domain === 'other' ? 'unknown-family' : s.domain} socket; only AF_UNIX is taken (the server gets no network)`);
+  if (s.type !== 'stream') throw new RequestError('EBADFD_TRANSPORT', `the transport is a ${s.type} socket, not SOCK_STREAM`);
+  if (s.listening || !s.connected) throw new RequestError('EBADFD_TRANSPORT', `the transport socket is ${s.listening ? 'listening' : 'not connected'}; send one end of a socketpair`);
 }
 
 /**
@@ -89,10 +120,12 @@ export function parseMountOptions(opts: string, server: ServerDef, caller: Calle
       const n = Number(o.slice(9));
       if (!Number.isInteger(n) || n < 4096 || n > 1 << 20) throw new RequestError('EOPTION', 'max_read must be an integer from 4096 to 1048576');
       maxRead = n;
-    } else if (server.options.allowed.includes(o)) serverOptions.push(o);
+    } else if (optionAllowed(server, o)) serverOptions.push(o);
     else throw new RequestError('EOPTION', `option "${o}" is unknown or not allowed for ${server.name}`);
   }
-  const all = [...server.options.always, ...(readOnly ? server.options.readOnly : []), ...(!readOnly && caller.uid !== 0 ? server.options.readWriteNonRoot : []), ...serverOptions];
+  // A server that cannot write must not be handed a writable source it might be trusted with.
+  if (server.readOnly && !readOnly) throw new RequestError('EROFS_SERVER', `${server.name} serves its types read-only: mount with -o ro`);
+  const all = [...server.options.always, ...(readOnly ? server.options.readOnly : server.options.readWrite), ...(!readOnly && caller.uid !== 0 ? server.options.readWriteNonRoot : []), ...serverOptions];
   return { readOnly, serverOptions: all, maxRead, noexec, defaultPermissions };
 }
 

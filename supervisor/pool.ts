@@ -5,13 +5,34 @@
 import { closeSync, openSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import * as sock from '../helper/native/socket.js';
-import { removeCgroups } from './cgroups.js';
+import { CgroupError, removeCgroups } from './cgroups.js';
 import { onPidfdExit, readReady, type InstanceDir, type LaunchResult } from './instances.js';
 import { log } from './log.js';
 import { renderSpec, type SpecRecord } from './launch-spec.js';
 
 /** Ids for the cgroups of pooled launchers: far above instance ids, never the same. */
 export const POOL_ID_BASE = 1_000_000_000;
+
+/**
+ * Pool ids: one counter for the pools of every server definition (so two definitions never
+ * share a cgroup name or a pool-N.log), started from the clock in microseconds at broker start,
+ * so a restarted broker never reuses an id of the previous one's launchers, which may still be
+ * ending in their cgroups: a broker would have to start more than one launcher per microsecond
+ * to catch up with the next start. Below 2^53 until the year 2255. A name found taken anyway
+ * (a clock set back) is skipped: `spawn` takes the next id on EEXIST.
+ */
+export class PoolIds {
+  private next: number;
+  constructor(nowMs = Date.now()) {
+    this.next = POOL_ID_BASE + Math.floor(nowMs) * 1000;
+  }
+  take(): number {
+    return this.next++;
+  }
+}
+
+/** The one allocator of this broker process, shared by every definition's pool. */
+export const brokerPoolIds = new PoolIds();
 
 type Entry = {
   poolId: number;
@@ -31,7 +52,6 @@ export type Claimed = { pid: number; pidfd: number; cgroups: string[]; ready: Pr
 
 export class LauncherPool {
   private readonly entries: Entry[] = [];
-  private counter = 0;
   /** Launchers being prepared (their cgroups are created asynchronously). */
   private pending = 0;
   private closed = false;
@@ -44,6 +64,7 @@ export class LauncherPool {
     private readonly size: number,
     /** Creates the instance cgroups for a pool id (empty when cgroups are off or unusable). */
     private readonly makeCgroups: (poolId: number) => Promise<string[]>,
+    private readonly poolIds: PoolIds = brokerPoolIds,
   ) {}
 
   /** Pool ids in use (also while being prepared), so a cgroup sweep never takes their cgroups. */
@@ -55,16 +76,22 @@ export class LauncherPool {
   fill(): void {
     while (!this.closed && this.entries.length + this.pending < this.size) {
       this.pending++;
-      this.spawn()
+      // The id stays in `preparing` until the entry is in `entries` (or gone): a cgroup sweep
+      // between the two would otherwise see its empty cgroups as nobody's.
+      const ids: number[] = [];
+      this.spawn(ids)
         .then((e) => {
-          if (this.closed) this.discard(e);
+          if (this.closed) void this.discard(e);
           else this.entries.push(e);
         })
         .catch((err: Error) => {
           log.warn(`launcher pool: cannot start a launcher: ${err.message}`);
           this.later();
         })
-        .finally(() => this.pending--);
+        .finally(() => {
+          this.pending--;
+          for (const id of ids) this.preparing.delete(id);
+        });
     }
   }
 
@@ -79,19 +106,34 @@ export class LauncherPool {
     this.refillTimer.unref();
   }
 
-  private async spawn(): Promise<Entry> {
-    const poolId = POOL_ID_BASE + ++this.counter;
-    this.preparing.add(poolId);
+  /** Prepares one launcher; every id it tried is pushed to `ids` (kept from the sweep meanwhile). */
+  private async spawn(ids: number[]): Promise<Entry> {
+    let poolId: number;
     let cgroups: string[];
-    try {
-      cgroups = await this.makeCgroups(poolId);
-    } finally {
-      this.preparing.delete(poolId);
+    let logFile: string;
+    let logFd: number;
+    for (let attempt = 0; ; attempt++) {
+      poolId = this.poolIds.take();
+      ids.push(poolId);
+      this.preparing.add(poolId);
+      try {
+        cgroups = await this.makeCgroups(poolId);
+      } catch (e) {
+        if (e instanceof CgroupError && e.code === 'EEXIST' && attempt < 5) continue; // taken: next id
+        throw e;
+      }
+      logFile = this.dir.file(poolId, 'log').replace(/\/(\d+)\.log$/, '/pool-$1.log');
+      try {
+        logFd = openSync(logFile, 'wx', 0o600); // never append to another launcher's log
+        break;
+      } catch (e) {
+        removeCgroups(cgroups);
+        if ((e as NodeJS.ErrnoException).code === 'EEXIST' && attempt < 5) continue;
+        throw e;
+      }
     }
-    const logFile = this.dir.file(poolId, 'log').replace(/\/(\d+)\.log$/, '/pool-$1.log');
     const [mine, theirs] = sock.socketpair();
     const [readyRd, readyWr] = sock.pipe();
-    const logFd = openSync(logFile, 'a', 0o600);
     let pid: number;
     try {
       pid = sock.spawnDetached(this.launcher, [this.launcher, 'instance', '--pooled', ...cgroups.flatMap((d) => ['--cgroup', d])], [-1, readyWr, logFd, theirs]);
@@ -127,6 +169,10 @@ export class LauncherPool {
     const i = this.entries.indexOf(e);
     if (i < 0) return;
     this.entries.splice(i, 1);
+    // Also when claim() found it dead before its exit was polled: a watcher left on a closed
+    // pidfd keeps the number in libuv's table, and the next poll on that number (a request's
+    // readiness pipe) fails EEXIST (a fault run: "EINTERNAL: uv_poll_init: File exists").
+    e.watcher.stop();
     e.joinWatcher?.stop();
     for (const fd of [e.sock, e.readyRd, e.pidfd]) closeSync(fd);
     removeCgroups(e.cgroups);

@@ -5,6 +5,19 @@ export const PROTOCOL_VERSION = 1;
 export const MAX_MESSAGE_BYTES = 16384;
 export const MAX_FDS = 4;
 export const MAX_NAME_BYTES = 1024;
+/** A reply is one packet: both clients read at most this many bytes. */
+export const MAX_REPLY_BYTES = 65536;
+/**
+ * What the entries of one `list` page may take: the reply's cap less room for the envelope
+ * (`{"v":1,"ok":true,"mounts":[],"next":2147483647}`), so a page is never cut.
+ */
+export const LIST_PAGE_BYTES = MAX_REPLY_BYTES - 512;
+/**
+ * In an entry too large for a page, strings are cut to this many UTF-16 units: even escaped at
+ * 6 bytes each, an entry's six strings then fit a page. Names the broker accepts (at most
+ * MAX_NAME_BYTES) are never cut.
+ */
+export const LIST_FIELD_TRIM = 1024;
 
 export const ERRORS = {
   EPROTO_JSON: 'the message is not a JSON object',
@@ -38,9 +51,35 @@ export const ERRORS = {
   EPERM_MOUNT: 'the mount belongs to another user',
   ESHUTDOWN: 'the broker is stopping',
   EINTERNAL: 'an internal error; the broker log has details',
+  EROFS_SERVER: 'rw was asked for, but the server of this filesystem type is read-only (mount with -o ro)',
+  EPROTO_SERVICE: "a packet of libfuse's contained-service protocol is malformed, truncated, oversized or out of order (upstream sockets)",
+  EBADFD_FUSE: 'the fusedev descriptor the helper sent is not an open /dev/fuse (upstream sockets)',
+  EBADFD_ARGV: 'the argv descriptor the helper sent is not a small memfd holding an ARGS block (upstream sockets)',
+  EMOUNT_GIVEN: "the helper's own mount is refused: not found, mounted twice, lacking nosuid/nodev, or not owned by the caller (upstream sockets)",
+  EMOUNT_HELPER: 'the helper answered a mount step (TYPE, NAME, MNTP, OPTS, MTAB, DOIT) with an error (upstream sockets)',
+  EBADFD_TRANSPORT: 'the transport descriptor is not a connected AF_UNIX stream socket',
+  ESOURCE_KIND: 'the request carries a source image where the server takes a transport (--via), or the reverse',
 } as const;
 
-export type ErrorCode = keyof typeof ERRORS;
+/**
+ * Codes only the Docker volume plugin answers (supervisor/docker-plugin.ts), as
+ * {"Err":"CODE: line"}. The plugin also answers the codes of ERRORS its mounts refuse with
+ * (EFSTYPE, EOPTION, EBADFD_SOURCE...). Clients of broker.sock never see these, so the static
+ * client's table does not carry them.
+ */
+export const PLUGIN_ERRORS = {
+  EPERM_PLUGIN: 'the plugin socket answers uid 0 (dockerd) only',
+  EPLUGIN_HTTP: 'the plugin request is not a POST with a JSON body within the size and time limits',
+  EVOLUME_NAME: 'the volume name is not 1-128 letters, digits, "_", "." or "-", starting with a letter or digit',
+  EVOLUME_OPTION: 'a volume option (-o) is unknown, missing, repeated or malformed',
+  EVOLUME_SOURCE: 'the source is not an absolute path, without symbolic links, of a regular file or block device',
+  ENOENT_VOLUME: 'no volume of that name is defined',
+  EEXIST_VOLUME: 'a volume of that name is already defined with other options',
+  EBUSY_VOLUME: 'the volume is mounted by a container (Remove waits for its last Unmount)',
+  EVOLUME_UNSEEN: "dockerd would not see the volume's mount: no mount propagation from the broker's mount namespace to dockerd's",
+} as const;
+
+export type ErrorCode = keyof typeof ERRORS | keyof typeof PLUGIN_ERRORS;
 
 /** An error with a stable protocol code; `message` is one line for the caller. */
 export class RequestError extends Error {
@@ -48,13 +87,17 @@ export class RequestError extends Error {
     readonly code: ErrorCode,
     message?: string,
   ) {
-    super(oneLine(message ?? ERRORS[code]));
+    super(oneLine(message ?? errorText(code)));
     this.name = 'RequestError';
   }
 }
 
 export function isErrorCode(s: unknown): s is ErrorCode {
-  return typeof s === 'string' && Object.prototype.hasOwnProperty.call(ERRORS, s);
+  return typeof s === 'string' && (Object.prototype.hasOwnProperty.call(ERRORS, s) || Object.prototype.hasOwnProperty.call(PLUGIN_ERRORS, s));
+}
+
+export function errorText(code: ErrorCode): string {
+  return code in PLUGIN_ERRORS ? PLUGIN_ERRORS[code as keyof typeof PLUGIN_ERRORS] : ERRORS[code as keyof typeof ERRORS];
 }
 
 /** Collapses anything into one printable line of bounded length. */
@@ -64,7 +107,11 @@ export function oneLine(s: string, max = 512): string {
   return flat.length > max ? flat.slice(0, max - 1) + '…' : flat;
 }
 
-export type FdRole = 'source' | 'target';
+/**
+ * `transport`: for servers that speak a protocol instead of reading an image (sshfs: SFTP), one
+ * end of a connected AF_UNIX stream socket whose other end the caller serves (`--via COMMAND`).
+ */
+export type FdRole = 'source' | 'target' | 'transport';
 
 export type MountRequest = {
   op: 'mount';
@@ -75,16 +122,18 @@ export type MountRequest = {
   targetName?: string;
 };
 export type UnmountRequest = { op: 'unmount'; fds: FdRole[]; id?: number; timeoutMs?: number };
-export type ListRequest = { op: 'list'; fds: [] };
+export type ListRequest = { op: 'list'; fds: []; after?: number };
 export type Request = MountRequest | UnmountRequest | ListRequest;
 
 const FIELDS: Record<Request['op'], readonly string[]> = {
   mount: ['v', 'op', 'fstype', 'options', 'fds', 'source_name', 'target_name'],
   unmount: ['v', 'op', 'fds', 'id', 'timeout_ms'],
-  list: ['v', 'op', 'fds'],
+  list: ['v', 'op', 'fds', 'after'],
 };
 const ROLES: Record<Request['op'], { required: readonly FdRole[]; optional: readonly FdRole[] }> = {
-  mount: { required: ['source', 'target'], optional: [] },
+  // A mount carries exactly one of source and transport (checked below): which one the server
+  // definition takes is the broker's to check (ESOURCE_KIND).
+  mount: { required: ['target'], optional: ['source', 'transport'] },
   unmount: { required: [], optional: ['target'] },
   list: { required: [], optional: [] },
 };
@@ -138,9 +187,11 @@ export function decodeRequest(packet: Packet): Request {
       }
       return { op, fds, id, timeoutMs };
     }
-    case 'list':
+    case 'list': {
+      const after = int(o, 'after', 0, 2 ** 31 - 1);
       decodeRoles(o.fds, op, packet.fds.length);
-      return { op, fds: [] };
+      return after === undefined ? { op, fds: [] } : { op, fds: [], after };
+    }
   }
 }
 
@@ -160,6 +211,9 @@ function decodeRoles(v: unknown, op: Request['op'], received: number): FdRole[] 
   }
   for (const r of spec.required) {
     if (!seen.has(r)) throw new RequestError('EPROTO_FDS', `${op} needs a "${r}" descriptor`);
+  }
+  if (op === 'mount' && seen.has('source') === seen.has('transport')) {
+    throw new RequestError('EPROTO_FDS', 'mount needs exactly one of a "source" and a "transport" descriptor');
   }
   if (roles.length !== received) {
     throw new RequestError('EPROTO_FDS', `"fds" names ${roles.length} descriptor(s) but ${received} arrived`);
@@ -186,12 +240,63 @@ function int(o: Record<string, unknown>, k: string, min: number, max: number): n
   return v;
 }
 
+/**
+ * The SOURCE of a transport mount (`PATH`, `:PATH` or `HOST:PATH`, as scp reads it: a colon
+ * before any slash ends a host part). `path` is the remote directory the server is given
+ * (empty: the remote side's start directory); `host` is only ever shown.
+ */
+export function splitRemoteSource(source: string): { host: string; path: string } {
+  const colon = source.indexOf(':');
+  const slash = source.indexOf('/');
+  if (colon < 0 || (slash >= 0 && slash < colon)) return { host: '', path: source };
+  return { host: source.slice(0, colon), path: source.slice(colon + 1) };
+}
+
 export type Reply = { ok: true; [k: string]: unknown } | { ok: false; code: ErrorCode; message: string };
 
 export function encodeReply(r: Reply): Buffer {
   const b = Buffer.from(JSON.stringify({ v: PROTOCOL_VERSION, ...r }));
-  if (b.length > 65536) throw new Error('reply too large');
+  if (b.length > MAX_REPLY_BYTES) throw new Error('reply too large');
   return b;
+}
+
+/**
+ * One page of a `list` reply. `entries` are the caller's mounts with ids above the request's
+ * `after`, in ascending id order. The page holds as many as fit in LIST_PAGE_BYTES; `next` is
+ * the id to send as `after` for the rest, or null when this page holds the last one. Ids only
+ * grow, so a client that follows `next` sees every mount that lived through its walk exactly
+ * once. An entry too large for a page alone (a state file from disk can say anything) has its
+ * long strings cut and carries `"trimmed": true`; `taken` counts the entries of `entries` used.
+ */
+export function listPage<T extends { id: number }>(entries: readonly T[]): { mounts: T[]; next: number | null; taken: number } {
+  const mounts: T[] = [];
+  let bytes = 0;
+  for (const e of entries) {
+    let entry = e;
+    let size = Buffer.byteLength(JSON.stringify(entry)) + 1;
+    if (size > LIST_PAGE_BYTES) {
+      entry = trimEntry(entry);
+      size = Buffer.byteLength(JSON.stringify(entry)) + 1;
+      if (size > LIST_PAGE_BYTES) {
+        entry = { id: e.id, trimmed: true } as unknown as T;
+        size = Buffer.byteLength(JSON.stringify(entry)) + 1;
+      }
+    }
+    if (bytes + size > LIST_PAGE_BYTES) break;
+    mounts.push(entry);
+    bytes += size;
+  }
+  const next = mounts.length < entries.length ? mounts[mounts.length - 1]!.id : null;
+  return { mounts, next, taken: mounts.length };
+}
+
+function trimEntry<T>(e: T): T {
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(e as Record<string, unknown>)) {
+    out[k] = typeof v === 'string' && v.length > LIST_FIELD_TRIM ? v.slice(0, LIST_FIELD_TRIM - 1) + '…' : v;
+  }
+  out.trimmed = true;
+  return out as T;
 }
 
 export function errorReply(e: unknown): Reply {
@@ -213,7 +318,7 @@ export function decodeReply(data: Buffer): { ok: true; [k: string]: unknown } {
   }
   if (r.ok === true) return r as { ok: true };
   const code = isErrorCode(r.code) ? r.code : 'EINTERNAL';
-  throw new RequestError(code, typeof r.message === 'string' ? r.message : ERRORS[code]);
+  throw new RequestError(code, typeof r.message === 'string' ? r.message : errorText(code));
 }
 
 /** Client side: the request body. */

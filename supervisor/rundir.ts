@@ -3,9 +3,10 @@
 // anyone but root can write to (or a path through one, or through a symlink) lets a user plant
 // links root then writes through, or replace the socket. So the broker refuses to start unless
 // the path is secure by OpenSSH's rule, and holds a lock so that only one broker uses it.
-import { constants as fsc, lstatSync, mkdirSync, readFileSync, type Stats } from 'node:fs';
+import { constants as fsc, fstatSync, lstatSync, mkdirSync, readFileSync, type Stats } from 'node:fs';
 import path from 'node:path';
 import * as sock from '../helper/native/socket.js';
+import { readFileNoFollow, UnsafePathError } from './safefile.js';
 
 /** Exit status: the runtime dir or socket dir is not secure (EX_NOPERM). */
 export const EXIT_INSECURE_DIR = 77;
@@ -53,27 +54,58 @@ export function checkSecureDir(dir: string, create: boolean): void {
 }
 
 /**
+ * The state dir (RUNDIR) must not lie in the socket's directory or below it: that directory is
+ * what client containers are given (a volume, a hostPath), and a client container's root
+ * without a user namespace is root on the host, so any file a client volume reaches is one a
+ * client can change. The other way round (RUNDIR/public) is fine: a client given the public
+ * dir reaches nothing above it.
+ */
+export function checkSeparated(runtimeDir: string, socketDir: string): void {
+  const rel = path.relative(path.normalize(socketDir), path.normalize(runtimeDir));
+  if (rel === '' || (!rel.startsWith('..') && !path.isAbsolute(rel))) {
+    throw new InsecurePathError(`the socket's directory ${socketDir} holds the broker's state dir ${runtimeDir}; clients given it would reach the state: put the socket in a directory of its own (e.g. ${path.join(runtimeDir, 'public')})`);
+  }
+}
+
+/**
  * The broker's lock: RUNDIR/broker.lock, opened with O_NOFOLLOW in a checked directory, flock'd
  * exclusively for the broker's life (the fd is close-on-exec, so launchers never inherit it and
  * the lock ends exactly when this process does, SIGKILL included). Returns the fd, or undefined
  * when another process holds it.
  */
 export function acquireBrokerLock(runtimeDir: string): number | undefined {
-  const fd = openLockFile(runtimeDir);
+  return acquireLockFile(path.join(runtimeDir, 'broker.lock'));
+}
+
+/**
+ * The same exclusive, non-blocking flock on any lock FILE (the Docker plugin socket's
+ * SOCKET.lock: a global path no second broker may take over). The fd is the lock; undefined
+ * when another process holds it.
+ */
+export function acquireLockFile(file: string): number | undefined {
+  const fd = openLockFile(file);
   if (sock.flock(fd, true, true)) return fd;
   sock.close(fd);
   return undefined;
 }
 
-function openLockFile(runtimeDir: string): number {
-  return sock.openat(sock.AT_FDCWD, path.join(runtimeDir, 'broker.lock'), sock.O_RDWR | fsc.O_CREAT | sock.O_NOFOLLOW, 0o600);
+function openLockFile(file: string): number {
+  // Reused across brokers, so opened rather than made fresh: it must be root's own regular file
+  // with one link (a planted hard link or FIFO is refused; nothing is ever written to it).
+  const fd = sock.openat(sock.AT_FDCWD, file, sock.O_RDWR | fsc.O_CREAT | sock.O_NOFOLLOW | sock.O_NONBLOCK, 0o600);
+  const st = fstatSync(fd);
+  if (!st.isFile() || st.uid !== 0 || st.nlink !== 1 || st.mode & 0o022) {
+    sock.close(fd);
+    throw new UnsafePathError(`${file} is not a regular file of root's with one link; refusing it`);
+  }
+  return fd;
 }
 
 /** True when a live broker holds RUNDIR's lock (tested by trying to take it, then letting go). */
 export function brokerLockHeld(runtimeDir: string): boolean {
   let fd: number;
   try {
-    fd = openLockFile(runtimeDir);
+    fd = openLockFile(path.join(runtimeDir, 'broker.lock'));
   } catch {
     return false;
   }
@@ -86,11 +118,8 @@ export function brokerLockHeld(runtimeDir: string): boolean {
 
 /** The pid named in RUNDIR/broker.pid, for messages only (never signalled on its own word). */
 export function pidFileText(runtimeDir: string): string {
-  try {
-    return readFileSync(path.join(runtimeDir, 'broker.pid'), 'utf8').trim().split(' ')[0] || 'unknown';
-  } catch {
-    return 'unknown';
-  }
+  // Not through a link: the word would land in a log line.
+  return (readFileNoFollow(runtimeDir, 'broker.pid') ?? '').trim().split(' ')[0] || 'unknown';
 }
 
 /** uid of a live process (from /proc/PID/status), undefined when it is gone. */

@@ -10,7 +10,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import {
-  chmodSync, copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync,
+  chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readlinkSync, rmSync, statSync, symlinkSync, writeFileSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -49,20 +49,23 @@ s.bind(path)
 s.listen(4)
 print('ready', flush=True)
 s.settimeout(20)
-c, _ = s.accept()
-c.settimeout(20)
-msg, fds, flags, _ = socket.recv_fds(c, 65536, 8)
-info = []
-for fd in fds:
-    st = os.fstat(fd)
-    info.append({'mode': st.st_mode, 'dev': st.st_dev, 'ino': st.st_ino, 'flags': fcntl.fcntl(fd, fcntl.F_GETFL)})
-    os.close(fd)
-print(json.dumps({'request': msg.decode('utf-8', 'replace'), 'fds': info, 'flags': flags}), flush=True)
-if mode == 'reply':
-    c.send(reply.encode('utf-8'))
-elif mode == 'hang':
-    time.sleep(30)
-c.close()
+# mode "pages": reply is a JSON array, one reply per connection, in order
+replies = json.loads(reply) if mode == 'pages' else [reply]
+for r in replies:
+    c, _ = s.accept()
+    c.settimeout(20)
+    msg, fds, flags, _ = socket.recv_fds(c, 65536, 8)
+    info = []
+    for fd in fds:
+        st = os.fstat(fd)
+        info.append({'mode': st.st_mode, 'dev': st.st_dev, 'ino': st.st_ino, 'flags': fcntl.fcntl(fd, fcntl.F_GETFL)})
+        os.close(fd)
+    print(json.dumps({'request': msg.decode('utf-8', 'replace'), 'fds': info, 'flags': flags}), flush=True)
+    if mode in ('reply', 'pages'):
+        c.send((r if isinstance(r, str) else json.dumps(r)).encode('utf-8'))
+    elif mode == 'hang':
+        time.sleep(30)
+    c.close()
 `;
 const fakePy = join(dir, 'fake-broker.py');
 writeFileSync(fakePy, FAKE);
@@ -70,7 +73,7 @@ writeFileSync(fakePy, FAKE);
 type Seen = { request: string; fds: { mode: number; dev: number; ino: number; flags: number }[]; flags: number };
 type Fake = { path: string; seen: () => Promise<Seen> };
 
-async function fakeBroker(mode: 'reply' | 'close' | 'hang', reply: unknown = '', path = join(dir, `b${serial++}.sock`)): Promise<Fake> {
+async function fakeBroker(mode: 'reply' | 'close' | 'hang' | 'pages', reply: unknown = '', path = join(dir, `b${serial++}.sock`)): Promise<Fake> {
   const text = typeof reply === 'string' ? reply : JSON.stringify(reply);
   const p = spawn('python3', [fakePy, path, mode, text], { stdio: ['ignore', 'pipe', 'inherit'] });
   servers.push(p);
@@ -245,7 +248,7 @@ test('error replies: "fuse-svc-request: CODE: message" on stderr, exit 2', async
 
   const esc = await fakeBroker('reply', { v: 1, ok: false, code: 'EOPTION', message: 'bad \u001b[31m option' });
   const re = client(['--socket', esc.path, 'list']);
-  assert.is(re.stderr, 'fuse-svc-request: EOPTION: bad ?[31m option\n', 'control characters are not passed to the terminal');
+  assert.is(re.stderr, 'fuse-svc-request: EOPTION: bad \\x1b[31m option\n', 'control characters are escaped, as in the broker log');
 });
 
 test('no reply: --timeout is honoured (exit 1); a connection closed without a reply (exit 1)', async () => {
@@ -261,7 +264,7 @@ test('no reply: --timeout is honoured (exit 1); a connection closed without a re
   assert.is(rc.stderr, 'fuse-svc-request: the broker closed the connection without a reply\n');
 });
 
-test('list: the table (as the TypeScript client prints it), "no mounts", --json', async () => {
+test('list: the table, "no mounts", --json', async () => {
   const mounts = [
     { id: 7, owner_uid: 1000, fstype: 'ext4', options: 'rw', source: './disk.img', target: './mnt', uid: 61184, state: 'running', started_at: 1, server_pid: 5, exit_code: null, exit_signal: null, reason: null },
     { id: 12, owner_uid: 0, fstype: 'ext2', options: 'ro,norecovery', source: '/srv/é.img', target: '/m', uid: 61185, state: 'exited', started_at: 2, server_pid: null, exit_code: null, exit_signal: 9, reason: 'killed by signal 9' },
@@ -288,7 +291,67 @@ test('list: the table (as the TypeScript client prints it), "no mounts", --json'
   const rj = client(['--socket', j.path, '--json', 'list']);
   assert.is(rj.status, 0);
   assert.equal(JSON.parse(rj.stdout), { mounts });
-  assert.is(rj.stdout, JSON.stringify({ mounts }) + '\n', 'same bytes as the TypeScript client');
+  assert.is(rj.stdout, JSON.stringify({ mounts }) + '\n', 'the bytes JSON.stringify writes (nothing here needs escaping)');
+});
+
+test('list follows the pages: "after" is the last "next", one table / one {"mounts"} of all; a bad "next" is refused', async () => {
+  const m = (id: number) => ({ id, owner_uid: 1000, fstype: 'ext4', options: 'rw', source: `s${id}`, target: `t${id}`, uid: 61184, state: 'exited', started_at: id, server_pid: null, exit_code: 0, exit_signal: 0, reason: 'unmounted' });
+  const pages = [
+    { v: 1, ok: true, mounts: [m(3), m(7)], next: 7 },
+    { v: 1, ok: true, mounts: [m(9)], next: 9 },
+    { v: 1, ok: true, mounts: [m(40)], next: null },
+  ];
+  const b = await fakeBroker('pages', pages);
+  const r = client(['--socket', b.path, '--json', 'list']);
+  assert.equal([(await b.seen()).request, (await b.seen()).request, (await b.seen()).request], ['{"v":1,"op":"list"}', '{"v":1,"op":"list","after":7}', '{"v":1,"op":"list","after":9}']);
+  assert.is(r.status, 0, r.stderr);
+  assert.is(r.stdout, JSON.stringify({ mounts: [m(3), m(7), m(9), m(40)] }) + '\n');
+  const t = await fakeBroker('pages', pages);
+  const rt = client(['--socket', t.path, 'list']);
+  assert.is(rt.status, 0, rt.stderr);
+  assert.equal(rt.stdout.trimEnd().split('\n').slice(1).map((l) => Number(l.split(' ')[0])), [3, 7, 9, 40]);
+  // A broker from before paging: no "next", one page.
+  const old = await fakeBroker('reply', { v: 1, ok: true, mounts: [m(1)] });
+  assert.is(client(['--socket', old.path, '--json', 'list']).stdout, JSON.stringify({ mounts: [m(1)] }) + '\n');
+  // A "next" that does not grow would loop for ever: refused, exit 2.
+  for (const next of [7, 2, 'x', 1.5]) {
+    const bad = await fakeBroker('pages', [{ v: 1, ok: true, mounts: [m(3), m(7)], next: 7 }, { v: 1, ok: true, mounts: [m(8)], next }]);
+    const rb = client(['--socket', bad.path, 'list']);
+    assert.is(rb.status, 2, `next ${JSON.stringify(next)}: ${rb.stderr}`);
+    assert.is(rb.stderr, 'fuse-svc-request: EPROTO_FIELD: the broker\'s list reply has a bad "next"\n');
+    assert.is(rb.stdout, '', 'nothing printed from a walk that failed');
+  }
+});
+
+test('names on output: C0, DEL, C1, U+2028/9 and bidi controls escaped as the broker log does; --json stays valid JSON with the same values', async () => {
+  const hostile = 'a\u001b]0;x\u0007\u007f\u0085\u009b\u2028\u2029\u200e\u200f\u202a\u202e\u2066\u2069é\\b';
+  const mounts = [{ id: 5, owner_uid: 1000, fstype: 'ext4', options: 'rw', source: hostile, target: `t${hostile}`, uid: 61184, state: 'running', started_at: 1, server_pid: 5, exit_code: null, exit_signal: null, reason: null }];
+  const esc = 'a\\x1b]0;x\\x07\\x7f\\x85\\x9b\\u2028\\u2029\\u200e\\u200f\\u202a\\u202e\\u2066\\u2069é\\b';
+  const rawBad = /[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]/;
+  const b = await fakeBroker('reply', { v: 1, ok: true, mounts });
+  const r = client(['--socket', b.path, 'list']);
+  assert.is(r.status, 0, r.stderr);
+  assert.not.match(r.stdout, rawBad);
+  assert.is(r.stdout.split('\n')[1], `5   running  ext4  rw    ${esc}  t${esc}  1000  61184`);
+  const j = await fakeBroker('reply', { v: 1, ok: true, mounts });
+  const rj = client(['--socket', j.path, '--json', 'list']);
+  assert.is(rj.status, 0, rj.stderr);
+  assert.not.match(rj.stdout, rawBad, 'JSON escapes, not the characters');
+  assert.equal(JSON.parse(rj.stdout), { mounts }, 'the same values');
+  // the echo of a mount point and a refusal's message are escaped too
+  const target = join(dir, `m\u2028\u202e\u0085`);
+  mkdirSync(target);
+  const mb = await fakeBroker('reply', { v: 1, ok: true, id: 2 });
+  const rm = client(['--socket', mb.path, 'mount', image, target]);
+  await mb.seen();
+  assert.is(rm.stdout, `mounted ${join(dir, 'm\\u2028\\u202e\\x85')} (id 2)\n`);
+  const eb = await fakeBroker('reply', { v: 1, ok: false, code: 'EOPTION', message: `x${hostile}` });
+  const re = client(['--socket', eb.path, 'list']);
+  assert.is(re.stderr, `fuse-svc-request: EOPTION: x${esc}\n`);
+  // a local error naming an argument
+  const miss = client(['--socket', join(dir, 'none.sock'), 'mount', join(dir, 'n\u009b2J'), target]);
+  assert.is(miss.status, 1);
+  assert.is(miss.stderr, `fuse-svc-request: cannot open source ${join(dir, 'n\\x9b2J')}: ENOENT (No such file or directory)\n`);
 });
 
 test('unmount by id and by target: request JSON, O_PATH descriptor, --wait', async () => {
@@ -338,6 +401,57 @@ test('the client carries exactly the protocol error table (supervisor/protocol.t
   const entries = [...block![1].matchAll(/\{"([A-Z_]+)", "((?:[^"\\]|\\.)*)"\}/g)].map((m) => [m[1], JSON.parse(`"${m[2]}"`) as string]);
   assert.equal(Object.fromEntries(entries), { ...ERRORS });
   assert.equal(entries.map((e) => e[0]), Object.keys(ERRORS), 'same order');
+});
+
+test("exit status and error codes: docs/protocol.md's tables = client.c = --help, and each status happens", async () => {
+  const doc = readFileSync(join(ROOT, 'docs/protocol.md'), 'utf8');
+  const exitBlock = /<!-- EXIT:BEGIN[^>]*-->([\s\S]*?)<!-- EXIT:END -->/.exec(doc);
+  assert.ok(exitBlock, 'docs/protocol.md has the exit status table');
+  const documented = [...exitBlock![1].matchAll(/^\| (\d+) \| (.+) \|$/gm)].map((m) => Number(m[1]));
+  assert.equal(documented, [0, 1, 2, 64]);
+  const src = readFileSync(join(ROOT, 'helper/native/client.c'), 'utf8');
+  const defined = [...src.matchAll(/^#define EXIT_[A-Z]+ (\d+)$/gm)].map((m) => Number(m[1]));
+  assert.equal([0, ...defined].sort((a, b) => a - b), documented, 'client.c defines exactly the documented statuses');
+  const help = client(['--help']).stdout;
+  const exitSection = /\nEXIT STATUS\n([\s\S]*?)\n\n/.exec(help)![1];
+  assert.equal([...exitSection.matchAll(/^ {4}(\d+) /gm)].map((m) => Number(m[1])), documented, '--help lists the same statuses');
+  // --help's ERRORS are docs/protocol.md's error table, code and meaning, in order.
+  const errBlock = /<!-- ERRORS:BEGIN[^>]*-->([\s\S]*?)<!-- ERRORS:END -->/.exec(doc)![1];
+  const docErrors = [...errBlock.matchAll(/^\| `([A-Z_]+)` \| (.+) \|$/gm)].map((m) => [m[1], m[2]]);
+  const helpErrors = [...(/\nERRORS\n([\s\S]*?)\n\n/.exec(help)![1]).matchAll(/^ {4}([A-Z_]+) +(.+)$/gm)].map((m) => [m[1], m[2]]);
+  assert.equal(helpErrors, docErrors);
+  assert.is(docErrors.length, Object.keys(ERRORS).length);
+  // Each status, as it really happens.
+  const ok = await fakeBroker('reply', { v: 1, ok: true, mounts: [] });
+  assert.is(client(['--socket', ok.path, 'list']).status, 0);
+  assert.is(client(['--socket', join(dir, 'absent.sock'), 'list']).status, 1);
+  for (const code of Object.keys(ERRORS)) {
+    const b = await fakeBroker('reply', { v: 1, ok: false, code, message: `m ${code}` });
+    const r = client(['--socket', b.path, 'list']);
+    assert.is(r.status, 2, code);
+    assert.is(r.stderr, `fuse-svc-request: ${code}: m ${code}\n`);
+  }
+  assert.is(client(['frob']).status, 64);
+});
+
+test('one client: package.json bin, the image, install-service.sh and the published copy are all this binary; no Node CLI', () => {
+  const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { bin: Record<string, string> };
+  assert.is(pkg.bin['fuse-svc-request'], 'build/Release/fuse-svc-client');
+  assert.equal(Object.keys(pkg.bin).sort(), ['fuse-svc-request', 'fuse-svcd'], 'no second client command');
+  assert.not.ok(existsSync(join(ROOT, 'helper/request.ts')), 'the Node CLI is gone');
+  const dockerfile = readFileSync(join(ROOT, 'docker/Dockerfile'), 'utf8');
+  assert.match(dockerfile, /ln -sf \/opt\/fuse-svc\/build\/Release\/fuse-svc-client \/usr\/local\/bin\/fuse-svc-request;/);
+  assert.match(readFileSync(join(ROOT, 'supervisor/main.ts'), 'utf8'), /'fuse-svc-client'[\s\S]*'fuse-svc-request'/, 'the broker publishes it as bin/fuse-svc-request');
+  const dest = join(dir, 'destdir');
+  const r = spawnSync('sh', [join(ROOT, 'scripts/install-service.sh'), 'runit', '--destdir', dest], { encoding: 'utf8', timeout: 15000 });
+  assert.is(r.status, 0, r.stderr);
+  assert.ok(readFileSync(join(dest, 'usr/local/bin/fuse-svc-request')).equals(readFileSync(CLIENT)), 'install-service.sh puts this binary on PATH');
+  assert.is(statSync(join(dest, 'usr/local/bin/fuse-svc-request')).mode & 0o777, 0o755);
+  // mount(8)'s and umount(8)'s helpers are the same binary, by name (test/mount-helper.test.ts)
+  for (const h of ['mount.fuse-svc', 'umount.fuse-svc']) {
+    assert.is(readlinkSync(join(dest, 'sbin', h)), '/usr/local/bin/fuse-svc-request', `sbin/${h}`);
+    assert.match(dockerfile, new RegExp(`ln -sf /usr/local/bin/fuse-svc-request /sbin/${h.replace('.', '\\.')};`));
+  }
 });
 
 test('end to end: the static client mounts, lists and unmounts through the real broker (uid 1000, own mount ns)', async () => {

@@ -9,6 +9,8 @@ import { spawnSync } from 'node:child_process';
 import AjvModule from 'ajv';
 import * as YAML from 'yaml';
 import { repoRoot } from './lib/docker-host.js';
+import { Namespace, Pod } from 'kubernetes-models/v1';
+import { DaemonSet } from 'kubernetes-models/apps/v1';
 
 type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
 type Obj = { [k: string]: Json };
@@ -54,6 +56,25 @@ test('compose.yaml is valid against the Compose Specification schema (Compose v2
     const ok = validate(d);
     assert.ok(ok, `compose.yaml (${what}) fails the schema: ${JSON.stringify(validate.errors, null, 1)}`);
   }
+});
+
+test('docker/compose.volume-example.yaml (the volume driver example): the schema, docker-compose v1, driver fuse-svc', () => {
+  const file = path.join(root, 'docker', 'compose.volume-example.yaml');
+  const ex = YAML.parse(fs.readFileSync(file, 'utf8')) as Obj;
+  const schema = JSON.parse(fs.readFileSync(specPath(), 'utf8')) as Obj;
+  delete schema.$schema;
+  delete schema.$id;
+  const Ajv = (AjvModule as unknown as { default?: typeof AjvModule }).default ?? AjvModule;
+  const ajv = new (Ajv as unknown as new (o: object) => { compile(s: object): ((d: unknown) => boolean) & { errors?: unknown[] | null } })(
+    { strict: false, allErrors: true, validateFormats: false });
+  const validate = ajv.compile(schema);
+  for (const d of [ex, interpolate(ex)]) assert.ok(validate(d), JSON.stringify(validate.errors, null, 1));
+  for (const k of ['version', 'name', 'include']) assert.not.ok(k in ex, `top-level ${k}`);
+  const vol = (ex.volumes as Obj).data as Obj;
+  assert.is(vol.driver, 'fuse-svc');
+  assert.equal(Object.keys(vol.driver_opts as Obj).sort(), ['source', 'type']);
+  const r = spawnSync('docker-compose', ['-f', file, 'config', '-q'], { cwd: root, encoding: 'utf8', timeout: 60_000 });
+  assert.is(r.status, 0, `docker-compose config: ${r.stderr}`);
 });
 
 test('compose.yaml stays inside what docker-compose v1 accepts', () => {
@@ -116,6 +137,19 @@ test('mount-broker: least privilege, each capability and security option explain
   assert.ok(Array.isArray(hc.test) && (hc.test as string[]).some((a) => /fuse-svc-request|fuse-svc-client/.test(a)), 'healthcheck asks the broker');
   assert.ok((broker.volumes as string[]).some((v) => /^fuse-svc-run:\/run\/fuse-svc$/.test(v)), 'named volume at /run/fuse-svc');
   assert.ok(Object.keys(doc.volumes as Obj).includes('fuse-svc-run'));
+  // The state is on a volume of its own (issue 9 §3), apart from the one clients share.
+  assert.ok((broker.volumes as string[]).includes('fuse-svc-state:/run/fuse-svcd'), 'state volume at /run/fuse-svcd');
+  assert.ok(Object.keys(doc.volumes as Obj).includes('fuse-svc-state'));
+});
+
+test('no client volume reaches the broker\'s state, and clients mount the public volume read-only', () => {
+  for (const [name, svc] of Object.entries(services)) {
+    if (name === 'mount-broker') continue;
+    for (const v of (svc.volumes as string[] | undefined) ?? []) {
+      assert.not.match(v, /^fuse-svc-state:|fuse-svcd/, `${name}: ${v} reaches the state`);
+      if (v.startsWith('fuse-svc-run:')) assert.match(v, /:ro$/, `${name}: ${v} must be read-only`);
+    }
+  }
 });
 
 test('example-client: unprivileged, behind a profile, uses the published static client', () => {
@@ -156,17 +190,72 @@ test('docker/seccomp-broker.json: Docker 20.10 default + pivot_root - unused CAP
   assert.ok(ptrace.includes('process_vm_readv'), 'process_vm_readv with CAP_SYS_PTRACE');
 });
 
-test('docker/k8s/daemonset.yaml parses and keeps to its documented privileges', () => {
-  const docs = YAML.parseAllDocuments(fs.readFileSync(path.join(root, 'docker/k8s/daemonset.yaml'), 'utf8')).map((d) => {
+// Kubernetes' own API schemas (kubernetes-models: each object validates itself against the
+// OpenAPI schema of its kind), not hand-written structure checks.
+const K8S_MODELS: Record<string, new (o: never) => { validate: () => void }> = {
+  'v1/Namespace': Namespace as never,
+  'v1/Pod': Pod as never,
+  'apps/v1/DaemonSet': DaemonSet as never,
+};
+
+function k8sValidate(doc: Obj): void {
+  const key = `${String(doc.apiVersion)}/${String(doc.kind)}`;
+  const M = K8S_MODELS[key];
+  assert.ok(M, `no Kubernetes schema known for ${key}: add its kubernetes-models class`);
+  new M!(doc as never).validate();
+}
+
+function daemonsetDocs(): Obj[] {
+  return YAML.parseAllDocuments(fs.readFileSync(path.join(root, 'docker/k8s/daemonset.yaml'), 'utf8')).map((d) => {
     assert.equal(d.errors, [], 'YAML errors');
     return d.toJSON() as Obj;
   }).filter((d) => d);
+}
+
+test('docker/k8s/daemonset.yaml is valid against the Kubernetes API schemas', () => {
+  const docs = daemonsetDocs();
+  assert.ok(docs.length >= 3, 'Namespace, DaemonSet and example Pod');
+  for (const d of docs) k8sValidate(d);
+});
+
+test('the Kubernetes schema check can fail: broken copies of the manifest are refused', () => {
+  const ds = daemonsetDocs().find((d) => d.kind === 'DaemonSet')!;
+  const broken: [string, (o: Obj) => void][] = [
+    ['privileged as a string', (o) => (((((o.spec as Obj).template as Obj).spec as Obj).containers as Obj[])[0].securityContext as Obj).privileged = 'no'],
+    ['a container without a name', (o) => delete ((((o.spec as Obj).template as Obj).spec as Obj).containers as Obj[])[0].name],
+    ['a DaemonSet without a selector', (o) => delete (o.spec as Obj).selector],
+  ];
+  for (const [what, mutate] of broken) {
+    const copy = JSON.parse(JSON.stringify(ds)) as Obj;
+    mutate(copy);
+    assert.throws(() => k8sValidate(copy), undefined, what);
+  }
+});
+
+test('docker/k8s/daemonset.yaml keeps to its documented privileges', () => {
+  const docs = daemonsetDocs();
   const ds = docs.find((d) => d.kind === 'DaemonSet') as Obj | undefined;
   assert.ok(ds, 'a DaemonSet');
   const pod = ((ds!.spec as Obj).template as Obj).spec as Obj;
   const c = (pod.containers as Obj[])[0];
   const vols = pod.volumes as Obj[];
   assert.ok(vols.some((v) => (v.hostPath as Obj | undefined)?.path === '/run/fuse-svc'), 'hostPath socket directory');
+  const stateVol = vols.find((v) => (v.hostPath as Obj | undefined)?.path === '/run/fuse-svcd');
+  assert.ok(stateVol, 'hostPath state directory of its own');
+  assert.ok((c.volumeMounts as Obj[]).some((m) => m.name === stateVol!.name && m.mountPath === '/run/fuse-svcd'), 'the broker mounts its state');
+  // Every other pod: the public dir read-only, never the state.
+  for (const d of docs.filter((x) => x.kind === 'Pod')) {
+    const spec = d.spec as Obj;
+    const hp = new Map(((spec.volumes as Obj[]) ?? []).map((v) => [v.name, (v.hostPath as Obj | undefined)?.path]));
+    for (const ct of spec.containers as Obj[]) {
+      for (const m of (ct.volumeMounts as Obj[]) ?? []) {
+        const p = hp.get(m.name);
+        if (p === undefined) continue;
+        assert.is.not(p, '/run/fuse-svcd', 'a client pod mounts the state');
+        if (p === '/run/fuse-svc') assert.is(m.readOnly, true, 'a client pod mounts the public dir read-only');
+      }
+    }
+  }
   const limits = ((c.resources as Obj | undefined)?.limits ?? {}) as Obj;
   assert.ok(vols.some((v) => (v.hostPath as Obj | undefined)?.path === '/dev/fuse') || Object.keys(limits).some((k) => /fuse/.test(k)),
     '/dev/fuse from the host or a device plugin');

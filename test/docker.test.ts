@@ -115,8 +115,13 @@ test('compose up -d mount-broker: healthy, publishes the static client, starts n
   assert.match(top.stdout, /fuse-svc-launcher init/);
   // the static client is in the volume
   const ls = await dk.docker(['run', '--rm', ...UNPRIVILEGED, '-v', `${VOLUME}:/run/fuse-svc:ro`, CLIENT_IMAGE,
-    'sh', '-c', 'ls -l /run/fuse-svc/bin/fuse-svc-request /run/fuse-svc/broker.sock'], { timeoutMs: 60_000 });
+    'sh', '-c', 'ls -l /run/fuse-svc/bin/fuse-svc-request /run/fuse-svc/broker.sock; echo --; ls -A /run/fuse-svc'], { timeoutMs: 60_000 });
   assert.match(ls.stdout, /fuse-svc-request/);
+  // The shared volume holds what clients need and nothing of the broker's state (issue 9 §3),
+  // which is in the broker's own volume (and passed the broker's secure-path check there).
+  assert.equal(ls.stdout.split('--\n')[1].trim().split('\n'), ['bin', 'broker.sock'], ls.stdout);
+  const state = await dk.docker(['exec', id, 'ls', '-A', '/run/fuse-svcd'], { timeoutMs: 30_000 });
+  for (const n of ['broker.lock', 'broker.pid', 'instances', 'uids']) assert.ok(state.stdout.split('\n').includes(n), `${n} in the state volume: ${state.stdout}`);
 });
 
 test('compose run example-client: uid 1000, no caps, no devices, no network mounts rw, writes, reads, unmounts', async () => {

@@ -4,10 +4,10 @@
 // contained, while the broker and another mount keep working and nothing hangs.
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { copyFileSync, chownSync, chmodSync, mkdirSync, openSync, closeSync, writeSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, chownSync, chmodSync, mkdirSync, openSync, closeSync, writeSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { execa } from 'execa';
-import { clientArgs, instanceProcesses, makeDir, makeImage, newCaller, sleep, startBroker, tmpdir, waitFor, type Broker, type Caller } from './lib/harness.js';
+import { clientArgs, instanceProcesses, makeDir, makeImage, sleep, uidLocked, waitFor, type Broker, type Caller, openEnv, closeEnv } from './lib/harness.js';
 import { cgroupName, existingInstanceCgroups } from '../supervisor/cgroups.js';
 
 const s = suite('crash containment');
@@ -17,9 +17,7 @@ let dir: string;
 let healthy: string;
 
 s.before(async () => {
-  dir = tmpdir();
-  broker = await startBroker();
-  caller = await newCaller();
+  ({ dir, broker, caller } = await openEnv());
   // A mount that must keep working whatever happens to the others.
   const img = await makeImage(dir, 'healthy.img', 16);
   healthy = makeDir(path.join(dir, 'mnt-healthy'));
@@ -30,9 +28,7 @@ s.before(async () => {
 });
 
 s.after(async () => {
-  await broker?.stop();
-  await caller?.close();
-  rmSync(dir, { recursive: true, force: true });
+  await closeEnv({ dir, broker, caller });
 });
 
 /** The healthy mount still reads and writes, and the broker answers list, all within 5 s. */
@@ -44,10 +40,7 @@ async function stillHealthy(what: string): Promise<void> {
   assert.is(l.exitCode, 0, `${what}: the broker stopped answering: ${l.stderr}`);
 }
 
-function uidLockHeld(uid: number): Promise<boolean> {
-  // flock -n fails (1) while the launcher holds the uid's lock
-  return execa('flock', ['-n', path.join(broker.runtimeDir, 'uids', `${uid}.lock`), 'true'], { reject: false, timeout: 5000 }).then((r) => r.exitCode !== 0);
-}
+const uidLockHeld = (uid: number) => uidLocked(broker.runtimeDir, uid);
 
 function processesOfUid(uid: number): number[] {
   const out: number[] = [];

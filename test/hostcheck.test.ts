@@ -6,7 +6,7 @@ import * as assert from 'uvu/assert';
 import { rmSync } from 'node:fs';
 import path from 'node:path';
 import { execa } from 'execa';
-import { DAEMON, tmpdir } from './lib/harness.js';
+import { DAEMON, madeRuntimeDir } from './lib/harness.js';
 
 type Check = { name: string; required: boolean; ok: boolean; detail: string; fix?: string };
 
@@ -42,7 +42,7 @@ test('a missing /dev/fuse: check fails (exit 1) and the broker refuses to start 
   const fuse = (JSON.parse(c.stdout) as Check[]).find((x) => x.name === '/dev/fuse')!;
   assert.is(fuse.ok, false);
   assert.match(fuse.detail, /not the FUSE device 10:229/);
-  const runtimeDir = tmpdir('fuse-svc-run-');
+  const runtimeDir = madeRuntimeDir();
   try {
     const r = await withoutFuse([process.execPath, DAEMON, '--runtime-dir', runtimeDir]);
     assert.is(r.exitCode, 78, r.stderr);

@@ -143,7 +143,7 @@ test('OpenRC: fullstop -> broker stopped, every mount detached, no server left',
 const rtmp = fs.mkdtempSync('/tmp/fuse-svc-runit-');
 const svdir = path.join(rtmp, 'etc/sv/fuse-svcd');
 const rundir = path.join(rtmp, 'run');
-const sock = path.join(rundir, 'broker.sock');
+const sock = path.join(rtmp, 'public', 'broker.sock');
 let runsvPid = 0;
 let nsHolder = 0;
 
@@ -152,7 +152,7 @@ function inNs(script: string, opts: RunOptions = {}) {
   if (!nsHolder) throw new Error('runit setup failed');
   return run('nsenter', ['-t', String(nsHolder), '-m', '--', 'sh', '-ec', script], { timeoutMs: 60_000, ...opts });
 }
-const hostReq = `${process.execPath} ${path.join(root, 'dist/helper/request.js')} --socket ${sock}`;
+const hostReq = `${path.join(root, 'build/Release/fuse-svc-client')} --socket ${sock}`;
 function runitLog(): string {
   try { return fs.readFileSync(path.join(rtmp, 'log/current'), 'utf8').split('\n').slice(-40).join('\n'); } catch (e) { return String(e); }
 }
@@ -164,7 +164,7 @@ function clientMounts(): string[] {
 test('runit setup: install-service.sh runit into a DESTDIR, runsv, a client mount namespace', async () => {
   await run('sh', [path.join(root, 'scripts/install-service.sh'), 'runit', '--destdir', rtmp, '--bin', path.join(root, 'dist/supervisor/main.js')]);
   for (const f of ['run', 'finish', 'log/run', 'conf']) assert.ok(fs.existsSync(path.join(svdir, f)), f);
-  fs.appendFileSync(path.join(svdir, 'conf'), `FUSE_SVCD_RUNTIME_DIR=${rundir}\nFUSE_SVCD_LOG_DIR=${rtmp}/log\n`);
+  fs.appendFileSync(path.join(svdir, 'conf'), `FUSE_SVCD_RUNTIME_DIR=${rundir}\nFUSE_SVCD_SOCKET=${sock}\nFUSE_SVCD_LOG_DIR=${rtmp}/log\n`);
   fs.writeFileSync(path.join(svdir, 'down'), ''); // runsv starts it down: `sv up` starts it
   const out = fs.openSync(path.join(rtmp, 'runsv.out'), 'w');
   const child = spawn('runsv', [svdir], { detached: true, stdio: ['ignore', out, out] });

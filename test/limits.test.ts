@@ -9,7 +9,7 @@ import { DEFAULTS, type Config } from '../supervisor/config.js';
 import { InstanceDir, signalLauncher, spawnLauncher, waitPidfd } from '../supervisor/instances.js';
 import { commandSpec } from '../supervisor/launch-spec.js';
 import { loadServers, type ServerDef } from '../supervisor/servers.js';
-import { discoverHierarchies, existingInstanceCgroups, instanceCgroups } from '../supervisor/cgroups.js';
+import { discoverHierarchies, existingInstanceCgroups, instanceCgroups, sweepRuntimeDir } from '../supervisor/cgroups.js';
 import * as sock from '../helper/native/socket.js';
 import { NATIVE, ROOT, clientArgs, newCaller, processes, startBroker, tmpdir, waitFor, type Broker, type Caller } from './lib/harness.js';
 
@@ -38,6 +38,7 @@ s.after(async () => {
   }
   await broker?.stop();
   await caller?.close();
+  sweepRuntimeDir(runtimeDir); // what a full stop does: the cgroup parents of this runtime dir
   rmSync(runtimeDir, { recursive: true, force: true });
 });
 

@@ -2,11 +2,11 @@
 // a real sandbox. Covers issue 2's user story, the sandbox evidence and teardown.
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { mkdirSync, readFileSync, readdirSync, readlinkSync, rmSync, writeFileSync, chownSync, existsSync } from 'node:fs';
+import { mkdirSync, readFileSync, readdirSync, readlinkSync, writeFileSync, chownSync, existsSync } from 'node:fs';
 import path from 'node:path';
 import { execa } from 'execa';
 import { DEFAULTS } from '../supervisor/config.js';
-import { clientArgs, instanceProcesses, makeDir, makeImage, newCaller, procStatus, startBroker, tmpdir, waitFor, type Broker, type Caller, USER } from './lib/harness.js';
+import { clientArgs, instanceProcesses, makeDir, makeImage, procStatus, waitFor, type Broker, type Caller, USER, openEnv, closeEnv } from './lib/harness.js';
 
 const s = suite('brokered mount, end to end');
 let broker: Broker;
@@ -14,15 +14,11 @@ let caller: Caller;
 let dir: string;
 
 s.before(async () => {
-  dir = tmpdir();
-  broker = await startBroker();
-  caller = await newCaller();
+  ({ dir, broker, caller } = await openEnv());
 });
 
 s.after(async () => {
-  await broker?.stop();
-  await caller?.close();
-  rmSync(dir, { recursive: true, force: true });
+  await closeEnv({ dir, broker, caller });
 });
 
 /** sha256 of every file under root, relative names, sorted. */

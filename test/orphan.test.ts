@@ -3,7 +3,7 @@
 // later broker lists it and detaches it when its owner asks.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { readFileSync, rmSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { clientArgs, instanceProcesses, makeDir, makeImage, newCaller, startBroker, tmpdir, waitFor, type Broker, type Caller } from './lib/harness.js';
 
@@ -47,6 +47,55 @@ test('a mount left dead by a killed launcher is listed and its owner can unmount
     assert.equal(JSON.parse((await caller.run(clientArgs(broker.socket, '--json', 'list'))).stdout).mounts, []);
   } finally {
     await broker?.stop();
+    await caller?.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('a launcher killed after it detached its mount (its server still flushing) leaves no dead-mount record; the next broker lists it once and collects it', async () => {
+  const dir = tmpdir();
+  let broker: Broker | undefined;
+  let caller: Caller | undefined;
+  let server: number | undefined;
+  try {
+    broker = await startBroker({ config: { pool_size: 0 } });
+    caller = await newCaller();
+    const img = await makeImage(dir, 'disk.img', 16);
+    const mnt = makeDir(path.join(dir, 'mnt'));
+    const m = await caller.run(clientArgs(broker.socket, '--json', 'mount', img, mnt));
+    assert.is(m.exitCode, 0, m.stderr);
+    const { id, server_pid } = JSON.parse(m.stdout) as { id: number; server_pid: number };
+    server = server_pid;
+    const runtimeDir = broker.runtimeDir;
+    const state = path.join(runtimeDir, 'instances', `${id}.state`);
+    // A stopped server cannot exit: the launcher detaches, then waits for it.
+    process.kill(server_pid, 'SIGSTOP');
+    const unmount = caller.run(clientArgs(broker.socket, 'unmount', mnt), { timeout: 30000 });
+    await waitFor('the launcher to say it detached', () => /^state=stopping$/m.test(readFileSync(state, 'utf8')) && /^detached=1$/m.test(readFileSync(state, 'utf8')), 10000);
+    assert.not.ok(caller.fuseMounts().includes(mnt), 'the mount is gone from the caller\'s namespace');
+    const launcher = instanceProcesses(runtimeDir).find((p) => p.comm.startsWith('fuse-svc-launch'));
+    assert.ok(launcher, 'the launcher is still waiting for its server');
+    process.kill(launcher!.pid, 'SIGKILL');
+    await unmount;
+    await waitFor('the server to die with its launcher', () => instanceProcesses(runtimeDir).length === 0, 5000);
+    const l = await caller.run(clientArgs(broker.socket, '--json', 'list'), { uid: 0 });
+    const row = (JSON.parse(l.stdout).mounts as { id: number; state: string; reason: string }[]).find((x) => x.id === id);
+    assert.ok(row, 'still listed once');
+    assert.is(row!.state, 'exited');
+    assert.not.match(row!.reason, /left dead/, `not a dead mount: ${row!.reason}`);
+    assert.match(row!.reason, /after it detached/);
+    // Without a broker the same: the next one lists it for the usual window, then collects it.
+    await broker.exit();
+    broker = await startBroker({ runtimeDir, config: { pool_size: 0 } });
+    const l2 = await caller.run(clientArgs(broker.socket, '--json', 'list'));
+    const rows = JSON.parse(l2.stdout).mounts as { id: number; reason: string }[];
+    assert.is(rows.length, 1, JSON.stringify(rows));
+    assert.not.match(rows[0].reason, /left dead/);
+    await waitFor('its files collected once its owner saw it', () => !existsSync(state) && !existsSync(path.join(runtimeDir, 'instances', `${id}.json`)), 5000);
+  } finally {
+    if (server) try { process.kill(server, 'SIGKILL'); } catch { /* gone */ }
+    await broker?.stop();
+    for (const m of caller?.fuseMounts() ?? []) await caller!.run(['umount', '-l', m], { uid: 0 });
     await caller?.close();
     rmSync(dir, { recursive: true, force: true });
   }

@@ -6,7 +6,7 @@ import * as assert from 'uvu/assert';
 import fc from 'fast-check';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { ERRORS, MAX_MESSAGE_BYTES, RequestError, decodeRequest, encodeReply, errorReply, type Packet } from '../supervisor/protocol.js';
+import { ERRORS, PLUGIN_ERRORS, MAX_MESSAGE_BYTES, RequestError, decodeRequest, encodeReply, errorReply, type Packet } from '../supervisor/protocol.js';
 import { renderProtocolDoc } from '../scripts/gen-docs.js';
 import { ROOT } from './lib/harness.js';
 
@@ -24,7 +24,8 @@ const codeOf = (p: Packet): string => {
 test('docs/protocol.md lists exactly the error table of the code', () => {
   const doc = readFileSync(path.join(ROOT, 'docs', 'protocol.md'), 'utf8');
   assert.is(doc, renderProtocolDoc(doc), 'run npm run docs');
-  for (const code of Object.keys(ERRORS)) assert.ok(doc.includes(`\`${code}\``), code);
+  for (const code of [...Object.keys(ERRORS), ...Object.keys(PLUGIN_ERRORS)]) assert.ok(doc.includes(`\`${code}\``), code);
+  for (const code of Object.keys(PLUGIN_ERRORS)) assert.not.ok(code in ERRORS, `${code} is in one table only`);
 });
 
 test('valid requests decode', () => {

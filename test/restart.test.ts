@@ -8,7 +8,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { execa } from 'execa';
-import { DAEMON, NATIVE, clientArgs, instanceProcesses, makeDir, makeImage, newCaller, sleep, startBroker, tmpdir, waitFor, type Broker, type Caller } from './lib/harness.js';
+import { DAEMON, NATIVE, clientArgs, instanceProcesses, makeDir, makeImage, newCaller, sleep, startBroker, tmpdir, waitFor, type Broker, type Caller, madeRuntimeDir } from './lib/harness.js';
 import { existingInstanceCgroups } from '../supervisor/cgroups.js';
 
 const s = suite('broker restart keeps mounts');
@@ -101,7 +101,7 @@ s('SIGKILL and SIGTERM of fuse-svcd leave the mount working; the next broker re-
 });
 
 s('a state file naming a live but unrelated process (pid reused) is not adopted and never signalled', async () => {
-  const runtimeDir = tmpdir('fuse-svc-run-');
+  const runtimeDir = madeRuntimeDir();
   const victim = spawn('sleep', ['600'], { stdio: 'ignore' });
   others.push(victim);
   await waitFor('the victim', () => victim.pid !== undefined, 2000);
@@ -153,8 +153,8 @@ s('fuse-svcd stop detaches every mount in every caller namespace, ends every ser
 });
 
 s('container: under fuse-svc-launcher init a killed broker is restarted and mounts survive; SIGTERM to init is a full stop', async () => {
-  const runtimeDir = tmpdir('fuse-svc-run-');
-  const socket = path.join(runtimeDir, 'broker.sock');
+  const runtimeDir = madeRuntimeDir();
+  const socket = path.join(runtimeDir, 'public', 'broker.sock');
   const daemon = [process.execPath, DAEMON, '--runtime-dir', runtimeDir, '--socket', socket];
   const init = spawn(path.join(NATIVE, 'fuse-svc-launcher'), ['init', '--restart-delay-ms', '200', ...['--stop-cmd', process.execPath, '--stop-cmd', DAEMON, '--stop-cmd', 'stop', '--stop-cmd', '--runtime-dir', '--stop-cmd', runtimeDir], '--', ...daemon], { stdio: ['ignore', 'ignore', 'pipe'], env: { PATH: process.env.PATH ?? '/usr/bin:/bin' } });
   others.push(init);

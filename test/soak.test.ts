@@ -100,7 +100,7 @@ s(`${TOTAL} requests from ${CLIENTS} concurrent clients; nothing leaks`, async (
   assert.equal(all.filter((p) => ours.has(p.uid) && !before.procs.has(p.pid) && !supervised(p.pid)), [], 'no orphan process left with one of our dynamic uids');
   assert.equal(await heldUidLocks(), [], 'no dynamic uid held');
   assert.equal(existingInstanceCgroups(broker.runtimeDir), [], 'no instance cgroup left');
-  const l = await execa(process.execPath, [path.join(ROOT, 'dist', 'helper', 'request.js'), '--socket', broker.socket, '--json', 'list'], { reject: false, timeout: 10000 });
+  const l = await execa(path.join(ROOT, 'build', 'Release', 'fuse-svc-client'), ['--socket', broker.socket, '--json', 'list'], { reject: false, timeout: 10000 });
   const live = (JSON.parse(l.stdout).mounts as { state: string }[]).filter((m) => m.state !== 'exited');
   assert.equal(live, [], 'the broker holds no live instance');
   assert.not.match(broker.logs(), /error:|EINTERNAL/, 'no internal error in the broker log');

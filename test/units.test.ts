@@ -16,6 +16,7 @@ import { FUSE2FS_SECCOMP, renderPolicies } from '../scripts/gen-policies.js';
 import { hasCap, securityReport } from '../supervisor/units/security.js';
 import { UidAllocator } from '../supervisor/uids.js';
 import { DAEMON, NATIVE, ROOT, sleep, tmpdir, waitFor } from './lib/harness.js';
+import * as sock from '../helper/native/socket.js';
 
 const FIXTURES = path.join(ROOT, 'test', 'fixtures', 'units');
 const SERVER = path.join(NATIVE, 'service-server');
@@ -297,6 +298,28 @@ test('MaxConnections= and MaxConnectionsPerSource= (per peer uid) refuse with on
     await waitFor('the last instance to end', () => a!.liveCount() === 0, 15000);
   } finally {
     for (const h of holders) if (h.proc.exitCode === null) h.proc.kill('SIGKILL');
+    await shutdown(a);
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('global paths: a unit socket someone listens on is never taken over; a stale one is replaced; RemoveOnStop= removes only its own', async () => {
+  const dir = tmpdir('fuse-svc-units-global-');
+  const { unitDir, socket } = installUnits(dir);
+  mkdirSync(path.dirname(socket), { recursive: true });
+  const live = sock.listenSeqpacket(socket, 1);
+  let a: UnitActivator | undefined;
+  try {
+    assert.throws(() => activator(dir, unitDir, []), /a live listener holds this socket .*not taken over/);
+    assert.ok(statSync(socket).isSocket(), 'the live socket is still there');
+    sock.close(live); // now stale: ours to replace (documented)
+    a = activator(dir, unitDir, []);
+    // Someone else binds the path while we listen: at stop their socket stays.
+    rmSync(socket);
+    sock.close(sock.listenSeqpacket(socket, 1));
+    a.close();
+    assert.ok(existsSync(socket), "RemoveOnStop= left the other socket alone");
+  } finally {
     await shutdown(a);
     rmSync(dir, { recursive: true, force: true });
   }

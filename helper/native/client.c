@@ -1,13 +1,15 @@
 /*
- * fuse-svc-request, static C edition: the same command line, protocol, output and exit
- * status as the TypeScript client (helper/request.ts), for containers without Node (Alpine,
- * distroless, scratch). Built by node-gyp as build/Release/fuse-svc-client, linked -static.
+ * fuse-svc-request: the fuse-svc client, the only one (package.json's bin, PATH after
+ * install, containers, and the copy the broker publishes in its runtime directory). Static, so
+ * it runs in containers without Node or libc (Alpine, distroless, scratch). Built by node-gyp as
+ * build/Release/fuse-svc-client, linked -static. Its help, messages and exit status live here;
+ * test/client-static.test.ts checks them against docs/protocol.md. Programs that want a library
+ * use helper/client.ts.
  *
  * One request per connection (docs/protocol.md): connect an AF_UNIX SOCK_SEQPACKET socket,
- * send one JSON packet with the descriptors attached by SCM_RIGHTS, read one reply packet.
- * The descriptors are opened here, with the caller's own rights; nothing is resolved by the
- * broker. No shell, no environment besides FUSE_SVC_SOCKET, no locale, no allocation that
- * outlives main.
+ * send one JSON packet with the descriptors attached by SCM_RIGHTS, read one reply packet
+ * (list: one per page). The descriptors are opened here, with the caller's own rights; nothing
+ * is resolved by the broker. No shell, no environment besides FUSE_SVC_SOCKET, no locale.
  */
 #include <ctype.h>
 #include <errno.h>
@@ -22,10 +24,13 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
+#include <signal.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "json.h"
+#include "mount-helper.h"
 
 #define CLIENT_VERSION "0.1.0"
 #define DEFAULT_SOCKET "/run/fuse-svc/broker.sock"
@@ -75,6 +80,14 @@ static const struct {
     {"EPERM_MOUNT", "the mount belongs to another user"},
     {"ESHUTDOWN", "the broker is stopping"},
     {"EINTERNAL", "an internal error; the broker log has details"},
+    {"EROFS_SERVER", "rw was asked for, but the server of this filesystem type is read-only (mount with -o ro)"},
+    {"EPROTO_SERVICE", "a packet of libfuse's contained-service protocol is malformed, truncated, oversized or out of order (upstream sockets)"},
+    {"EBADFD_FUSE", "the fusedev descriptor the helper sent is not an open /dev/fuse (upstream sockets)"},
+    {"EBADFD_ARGV", "the argv descriptor the helper sent is not a small memfd holding an ARGS block (upstream sockets)"},
+    {"EMOUNT_GIVEN", "the helper's own mount is refused: not found, mounted twice, lacking nosuid/nodev, or not owned by the caller (upstream sockets)"},
+    {"EMOUNT_HELPER", "the helper answered a mount step (TYPE, NAME, MNTP, OPTS, MTAB, DOIT) with an error (upstream sockets)"},
+    {"EBADFD_TRANSPORT", "the transport descriptor is not a connected AF_UNIX stream socket"},
+    {"ESOURCE_KIND", "the request carries a source image where the server takes a transport (--via), or the reverse"},
 };
 
 static const char usage_text[] =
@@ -83,6 +96,8 @@ static const char usage_text[] =
     "\n"
     "SYNOPSIS\n"
     "    fuse-svc-request [--socket PATH] [--json] [--timeout SEC] mount [-t TYPE] [-o OPTS] SOURCE TARGET\n"
+    "    fuse-svc-request [--socket PATH] [--json] [--timeout SEC] mount -t sshfs [-o OPTS] --via COMMAND\n"
+    "                     [HOST:]PATH TARGET\n"
     "    fuse-svc-request [--socket PATH] [--json] [--timeout SEC] unmount [--wait SEC] TARGET\n"
     "    fuse-svc-request [--socket PATH] [--json] [--timeout SEC] unmount [--wait SEC] --id N\n"
     "    fuse-svc-request [--socket PATH] [--json] [--timeout SEC] list\n"
@@ -91,9 +106,10 @@ static const char usage_text[] =
     "DESCRIPTION\n"
     "    Asks the broker fuse-svcd to mount an ext2/3/4 image for you. The image and the mount\n"
     "    point are opened here, with your own rights, and passed to the broker as descriptors\n"
-    "    (SCM_RIGHTS); the mount appears in your own mount namespace. You need neither\n"
-    "    CAP_SYS_ADMIN nor /dev/fuse, only access to the broker socket. This is the static build\n"
-    "    of the client (no Node needed); it behaves exactly like the Node one.\n"
+    "    (SCM_RIGHTS); the broker checks them as fusermount would, runs the filesystem server in\n"
+    "    a sandbox, and attaches the mount in your own mount namespace, nosuid and nodev. You\n"
+    "    need neither CAP_SYS_ADMIN nor /dev/fuse, only access to the broker socket. Options and\n"
+    "    commands may come in any order; \"--\" ends the options.\n"
     "\n"
     "COMMANDS\n"
     "    mount SOURCE TARGET\n"
@@ -101,25 +117,54 @@ static const char usage_text[] =
     "        read-only when OPTS holds ro) on the directory TARGET (an empty directory you may\n"
     "        write to; never a symbolic link). Prints \"mounted TARGET (id N)\" once the\n"
     "        filesystem answers.\n"
+    "    mount -t sshfs --via COMMAND SOURCE TARGET\n"
+    "        Mount a remote directory over SFTP, with no image: SOURCE is PATH, :PATH or\n"
+    "        HOST:PATH (a colon before any slash ends HOST), the directory on the remote side\n"
+    "        (empty or relative: from the remote start directory). HOST is only shown (list,\n"
+    "        the mount table); where the data comes from is COMMAND's business. The broker's\n"
+    "        sshfs runs sandboxed with no network at all and speaks SFTP over a socket whose\n"
+    "        other end is COMMAND's stdin and stdout.\n"
     "    unmount TARGET | unmount --id N      (alias: umount)\n"
-    "        Unmount a broker mount you own, by mount point or by id; waits until the\n"
-    "        filesystem server has flushed and exited.\n"
+    "        Unmount a broker mount you own (root: any), by mount point or by id; waits until\n"
+    "        the filesystem server has flushed and exited. Prints \"unmounted TARGET (id N)\".\n"
     "    list\n"
-    "        List your mounts (root: all), including ones that ended since the last list.\n"
+    "        List your mounts (root: everyone's), including ones that ended since you last\n"
+    "        listed them (each ended mount is shown to its owner once). Follows the broker's\n"
+    "        pages, so it shows every mount however many there are.\n"
     "\n"
     "OPTIONS\n"
     "    --socket PATH   broker socket (default: $FUSE_SVC_SOCKET, else " DEFAULT_SOCKET ")\n"
-    "    --json          print the broker's reply as JSON instead of text\n"
-    "    --timeout SEC   seconds to wait for the broker's reply (default 60)\n"
-    "    -t, --type TYPE filesystem type for mount: ext2, ext3, ext4 (default ext4)\n"
+    "    --json          print the broker's reply as one line of JSON instead of text\n"
+    "    --timeout SEC   seconds to wait for each reply of the broker (default 60)\n"
+    "    -t, --type TYPE filesystem type for mount: ext2, ext3, ext4 (default ext4), or another\n"
+    "                    type the broker's configuration serves\n"
     "    -o, --options OPTS\n"
-    "                    comma-separated mount options: ro or rw (default rw), plus server\n"
-    "                    options the broker allows (e.g. norecovery)\n"
+    "                    comma-separated mount options: ro or rw (default rw; the last wins),\n"
+    "                    plus options the server definition allows (e.g. norecovery)\n"
     "    --id N          unmount the mount with this id (as shown by mount and list)\n"
+    "    --via COMMAND   mount: serve the filesystem's transport with COMMAND, one argument run\n"
+    "                    by /bin/sh -c as you, with your credentials, network and stderr, its\n"
+    "                    stdin and stdout one end of an AF_UNIX stream socketpair (the other\n"
+    "                    end is sent to the broker). For sshfs COMMAND speaks SFTP, e.g.\n"
+    "                    'ssh -s alice@host sftp' or '/usr/lib/openssh/sftp-server -d DIR'.\n"
+    "                    COMMAND keeps running after the mount is made and ends with it: when\n"
+    "                    the mount ends, COMMAND's stdin reaches EOF; when COMMAND exits or is\n"
+    "                    killed, the mount ends and its instance is shown as exited. If the\n"
+    "                    mount is refused, COMMAND gets EOF, then SIGTERM after 2 s. Keep its\n"
+    "                    stderr away from a pipe you wait on (2>FILE): it outlives this program\n"
     "    --wait SEC      unmount: seconds the server gets to exit before it is terminated\n"
     "                    (default: the broker's, 10)\n"
     "    -h, --help      this text\n"
     "    --version       the version\n"
+    "\n"
+    "OUTPUT\n"
+    "    list prints a table: ID, STATE (running, stopping, exited), TYPE, OPTS, SOURCE,\n"
+    "    TARGET, UID (the owner), SANDBOX (the uid the server ran as), EXIT (\"status N\" or\n"
+    "    \"signal N\" once ended), or \"no mounts\". With --json: mount and unmount print the\n"
+    "    broker's reply; list prints one object {\"mounts\":[...]} holding every mount, each\n"
+    "    with the fields of docs/protocol.md. Names are the callers' own text: in the table and\n"
+    "    in messages, control characters (C0, DEL, C1), U+2028/U+2029 and bidi controls are\n"
+    "    shown as \\xNN / \\uNNNN, as in the broker log; in JSON they are \\uNNNN escapes.\n"
     "\n"
     "ENVIRONMENT\n"
     "    FUSE_SVC_SOCKET the broker socket, when --socket is not given\n"
@@ -127,39 +172,135 @@ static const char usage_text[] =
     "EXIT STATUS\n"
     "    0   done\n"
     "    1   a local error (cannot open a file, cannot reach the broker, no reply in time)\n"
-    "    2   the broker refused; \"fuse-svc-request: CODE: reason\" is printed on stderr, the\n"
-    "        codes are listed in docs/protocol.md\n"
+    "    2   the broker refused; \"fuse-svc-request: CODE: reason\" is printed on stderr (CODE\n"
+    "        from the list below)\n"
     "    64  usage error\n"
+    "\n"
+    "ERRORS\n"
+    "    The codes the broker refuses with (docs/protocol.md):\n";
+
+static const char usage_tail[] =
     "\n"
     "EXAMPLES\n"
     "    fuse-svc-request mount -t ext4 -o rw ./disk.img ./mnt\n"
+    "    fuse-svc-request mount -t sshfs --via 'ssh -s alice@host sftp' host:/srv/data ./mnt\n"
+    "    fuse-svc-request mount -t sshfs --via '/usr/lib/openssh/sftp-server -d /srv/pub' : ./mnt\n"
     "    fuse-svc-request list\n"
-    "    fuse-svc-request unmount ./mnt\n";
+    "    fuse-svc-request --json list\n"
+    "    fuse-svc-request unmount ./mnt\n"
+    "\n"
+    "SEE ALSO\n"
+    "    fuse-svcd --help; docs/protocol.md and docs/security.md of fuse-svc\n";
 
 static const char *prog = "fuse-svc-request";
+/* Exit statuses and silence on success: the mount(8) helper personality (mount-helper.c) sets
+ * mount(8)'s own. */
+static int exit_local = EXIT_LOCAL, exit_refused = EXIT_REFUSED, exit_usage = EXIT_USAGE;
+static int quiet;
+
+/* ---------------------------------------------------------------- escaping */
+
+/* One code point of valid UTF-8 at s[0..n): its length (1-4) and *cp, or 0 when the bytes there
+ * are not valid UTF-8 (json_utf8_valid's rules: no overlongs, no surrogates, <= U+10FFFF). */
+static size_t utf8_next(const char *s, size_t n, uint32_t *cp)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    size_t len = u[0] < 0x80 ? 1 : (u[0] & 0xe0) == 0xc0 ? 2 : (u[0] & 0xf0) == 0xe0 ? 3 : (u[0] & 0xf8) == 0xf0 ? 4 : 0;
+    if (len == 0 || len > n || !json_utf8_valid(s, len))
+        return 0;
+    uint32_t c = len == 1 ? u[0] : len == 2 ? (u[0] & 0x1fu) : len == 3 ? (u[0] & 0x0fu) : (u[0] & 0x07u);
+    for (size_t k = 1; k < len; k++)
+        c = (c << 6) | (u[k] & 0x3fu);
+    *cp = c;
+    return len;
+}
+
+/* supervisor/log.ts escapeText's set: C0, DEL, C1, U+2028/2029 and the bidi controls. */
+static int must_escape(uint32_t c)
+{
+    return c < 0x20 || (c >= 0x7f && c <= 0x9f) || c == 0x2028 || c == 0x2029 || c == 0x200e || c == 0x200f ||
+           (c >= 0x202a && c <= 0x202e) || (c >= 0x2066 && c <= 0x2069);
+}
+
+/* Text for a terminal, by escapeText's rule: \xNN for C0/DEL/C1, \uNNNN for U+2028/9 and the
+ * bidi controls. A byte that is not valid UTF-8 is shown as \xNN too: to an 8-bit terminal a
+ * lone 0x9b is CSI. Everything else is copied. */
+static void put_escaped(struct json_buf *b, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    for (size_t i = 0; i < n;) {
+        uint32_t c = 0;
+        size_t k = utf8_next(s + i, n - i, &c);
+        if (k == 0) {
+            unsigned char x = (unsigned char)s[i];
+            char e[4] = {'\\', 'x', hex[x >> 4], hex[x & 15]};
+            json_buf_put(b, e, 4);
+            i++;
+            continue;
+        }
+        if (!must_escape(c)) {
+            json_buf_put(b, s + i, k);
+        } else if (c <= 0xff) {
+            char e[4] = {'\\', 'x', hex[c >> 4], hex[c & 15]};
+            json_buf_put(b, e, 4);
+        } else {
+            char e[6] = {'\\', 'u', hex[(c >> 12) & 15], hex[(c >> 8) & 15], hex[(c >> 4) & 15], hex[c & 15]};
+            json_buf_put(b, e, 6);
+        }
+        i += k;
+    }
+}
+
+/* Writes s to f escaped (put_escaped); on memory failure, only its printable ASCII. */
+static void put_safe(FILE *f, const char *s)
+{
+    struct json_buf b;
+    json_buf_init(&b);
+    put_escaped(&b, s, strlen(s));
+    if (b.failed) {
+        for (; *s; s++)
+            if ((unsigned char)*s >= 0x20 && (unsigned char)*s < 0x7f)
+                fputc(*s, f);
+    } else if (b.len) {
+        fwrite(b.data, 1, b.len, f);
+    }
+    json_buf_free(&b);
+}
+
+/* "prog: MESSAGE" on stderr, the message escaped: it may quote a path or a name. */
+static void vsay(const char *fmt, va_list ap) __attribute__((format(printf, 1, 0)));
+static void vsay(const char *fmt, va_list ap)
+{
+    char *msg = NULL;
+    fprintf(stderr, "%s: ", prog);
+    if (vasprintf(&msg, fmt, ap) < 0) {
+        fputs("(out of memory)", stderr);
+        return;
+    }
+    put_safe(stderr, msg);
+    free(msg);
+}
 
 static void die_usage(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 static void die_usage(const char *fmt, ...)
 {
     va_list ap;
-    fprintf(stderr, "%s: ", prog);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    vsay(fmt, ap);
     va_end(ap);
     fprintf(stderr, "\nTry %s --help.\n", prog);
-    exit(EXIT_USAGE);
+    exit(exit_usage);
 }
 
 static void die_local(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 static void die_local(const char *fmt, ...)
 {
     va_list ap;
-    fprintf(stderr, "%s: ", prog);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    vsay(fmt, ap);
     va_end(ap);
     fputc('\n', stderr);
-    exit(EXIT_LOCAL);
+    exit(exit_local);
 }
 
 /* "ENOENT (No such file or directory)" */
@@ -171,12 +312,13 @@ static const char *errname(int e)
     return buf;
 }
 
-/* Prints s with control characters (and DEL) replaced by '?', so a name from the broker cannot
- * drive the terminal. */
-static void put_safe(FILE *f, const char *s)
+/* The manual: usage_text, the error table (the same one the replies are read with), the tail. */
+static void print_help(void)
 {
-    for (; *s; s++)
-        fputc(((unsigned char)*s < 0x20 || *s == 0x7f) ? '?' : *s, f);
+    fputs(usage_text, stdout);
+    for (size_t k = 0; k < sizeof error_table / sizeof error_table[0]; k++)
+        printf("    %-17s %s\n", error_table[k].code, error_table[k].text);
+    fputs(usage_tail, stdout);
 }
 
 /* ---------------------------------------------------------------- arguments */
@@ -196,6 +338,7 @@ struct args {
     int64_t id;
     int have_wait;
     double wait_s;
+    const char *via;
 };
 
 static double parse_seconds(const char *opt, const char *v, double max)
@@ -263,7 +406,7 @@ static void parse_args(int argc, char **argv, struct args *a)
         if (strcmp(arg, "--") == 0) {
             only_pos = 1;
         } else if (strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0) {
-            fputs(usage_text, stdout);
+            print_help();
             exit(0);
         } else if (strcmp(arg, "--version") == 0) {
             puts(CLIENT_VERSION);
@@ -292,6 +435,10 @@ static void parse_args(int argc, char **argv, struct args *a)
                 die_usage("--id must be a mount id (a positive integer), not \"%s\"", v);
             a->have_id = 1;
             a->id = id;
+        } else if (take_value(argc, argv, &i, "via", 0, &v)) {
+            if (!*v)
+                die_usage("--via needs a command");
+            a->via = v;
         } else if (take_value(argc, argv, &i, "wait", 0, &v)) {
             a->have_wait = 1;
             a->wait_s = parse_seconds("--wait", v, 600);
@@ -315,6 +462,8 @@ static void parse_args(int argc, char **argv, struct args *a)
         a->pos[k - 1] = words[k];
     if (a->op != OP_MOUNT && (saw_t || saw_o))
         die_usage("-t and -o are options of mount");
+    if (a->op != OP_MOUNT && a->via)
+        die_usage("--via is an option of mount");
     if (a->op != OP_UNMOUNT && (a->have_id || a->have_wait))
         die_usage("--id and --wait are options of unmount");
     switch (a->op) {
@@ -341,8 +490,8 @@ static void parse_args(int argc, char **argv, struct args *a)
 
 /* ---------------------------------------------------------------- request */
 
-/* A JSON string from user input: invalid UTF-8 becomes U+FFFD, as it does when Node decodes
- * argv; everything else is escaped by json_buf_put_string. */
+/* A JSON string from user input: invalid UTF-8 becomes U+FFFD (what the TypeScript library
+ * sends for such a name, as Node decodes argv); everything else is escaped by json_buf_put_string. */
 static void put_user_string(struct json_buf *b, const char *s)
 {
     size_t n = strlen(s);
@@ -552,7 +701,7 @@ static void refused(const char *code, const char *msg)
     fprintf(stderr, "%s: %s: ", prog, code);
     put_safe(stderr, msg);
     fputc('\n', stderr);
-    exit(EXIT_REFUSED);
+    exit(exit_refused);
 }
 
 /* Checks the reply like the TS decodeReply: returns the root object when ok is true; exits 2
@@ -615,58 +764,146 @@ static size_t width(const char *s)
     return w;
 }
 
+/* A JSON string for output: JSON.stringify's escapes, and also \uNNNN for DEL, C1, U+2028/9 and
+ * the bidi controls, so that JSON shown on a terminal cannot drive it either. Same value, still
+ * valid JSON. s is valid UTF-8 (the parser checked it). */
+static void put_json_string_safe(struct json_buf *b, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    json_buf_put(b, "\"", 1);
+    for (size_t i = 0; i < n;) {
+        uint32_t c = 0;
+        size_t k = utf8_next(s + i, n - i, &c);
+        if (k == 0) { /* cannot happen for parsed input; never emit invalid UTF-8 */
+            json_buf_put(b, "\xef\xbf\xbd", 3);
+            i++;
+            continue;
+        }
+        const char *e = NULL;
+        switch (c) {
+        case '"': e = "\\\""; break;
+        case '\\': e = "\\\\"; break;
+        case '\b': e = "\\b"; break;
+        case '\f': e = "\\f"; break;
+        case '\n': e = "\\n"; break;
+        case '\r': e = "\\r"; break;
+        case '\t': e = "\\t"; break;
+        default: break;
+        }
+        if (e) {
+            json_buf_puts(b, e);
+        } else if (must_escape(c)) {
+            char u[6] = {'\\', 'u', hex[(c >> 12) & 15], hex[(c >> 8) & 15], hex[(c >> 4) & 15], hex[c & 15]};
+            json_buf_put(b, u, 6);
+        } else {
+            json_buf_put(b, s + i, k);
+        }
+        i += k;
+    }
+    json_buf_put(b, "\"", 1);
+}
+
+/* json_buf_put_value with put_json_string_safe for every string and key. */
+static void put_json_safe(struct json_buf *b, const struct json_value *v)
+{
+    switch (v->type) {
+    case JSON_NULL: json_buf_puts(b, "null"); break;
+    case JSON_FALSE: json_buf_puts(b, "false"); break;
+    case JSON_TRUE: json_buf_puts(b, "true"); break;
+    case JSON_NUMBER: json_buf_put(b, v->u.num.text, v->u.num.len); break;
+    case JSON_STRING: put_json_string_safe(b, v->u.str.s, v->u.str.len); break;
+    case JSON_ARRAY:
+    case JSON_OBJECT: {
+        int obj = v->type == JSON_OBJECT;
+        json_buf_put(b, obj ? "{" : "[", 1);
+        for (const struct json_value *m = v->u.list.first; m; m = m->next) {
+            if (m != v->u.list.first)
+                json_buf_put(b, ",", 1);
+            if (obj) {
+                put_json_string_safe(b, m->key, m->key_len);
+                json_buf_put(b, ":", 1);
+            }
+            put_json_safe(b, m);
+        }
+        json_buf_put(b, obj ? "}" : "]", 1);
+        break;
+    }
+    }
+}
+
 #define LIST_COLS 9
 
-static void print_list(const struct json_value *r)
+/* The replies of one list walk: each page's document, kept until the output is written. */
+struct pages {
+    struct json_doc **docs;
+    const struct json_value **mounts; /* each page's "mounts" array */
+    size_t n, cap, total;
+};
+
+/* A cell for the table: the text escaped for a terminal, in memory of its own. */
+static char *cell(const char *text)
 {
-    const struct json_value *ms = json_get_type(r, "mounts", JSON_ARRAY);
-    if (!ms) {
-        refused("EPROTO_FIELD", "the broker's list reply has no \"mounts\" array");
+    struct json_buf b;
+    json_buf_init(&b);
+    put_escaped(&b, text, strlen(text));
+    json_buf_put(&b, "", 0);
+    if (b.failed)
+        die_local("out of memory");
+    if (!b.data) {
+        char *e = strdup("");
+        if (!e)
+            die_local("out of memory");
+        return e;
     }
-    if (ms->u.list.count == 0) {
+    return b.data; /* json_buf keeps data NUL-terminated */
+}
+
+static void print_list(const struct pages *pg)
+{
+    if (pg->total == 0) {
         puts("no mounts");
         return;
     }
-    size_t rows = ms->u.list.count + 1;
+    size_t rows = pg->total + 1;
     /* every cell is copied, so the table can be measured before it is printed */
     char *(*cells)[LIST_COLS] = calloc(rows, sizeof *cells);
     if (!cells)
         die_local("out of memory");
     static const char *const head[LIST_COLS] = {"ID", "STATE", "TYPE", "OPTS", "SOURCE", "TARGET", "UID", "SANDBOX", "EXIT"};
     for (int c = 0; c < LIST_COLS; c++)
-        cells[0][c] = strdup(head[c]);
+        cells[0][c] = cell(head[c]);
     size_t row = 1;
-    for (const struct json_value *m = ms->u.list.first; m; m = m->next, row++) {
-        static const char *const keys[LIST_COLS - 1] = {"id", "state", "fstype", "options", "source", "target", "owner_uid", "uid"};
-        char tmp[64];
-        for (int c = 0; c < LIST_COLS - 1; c++)
-            cells[row][c] = strdup(field_text(m, keys[c], tmp, sizeof tmp));
-        char exitbuf[96] = "";
-        const char *state = json_cstr(json_get(m, "state"));
-        if (state && strcmp(state, "exited") == 0) {
-            int64_t sig = 0, code;
-            const struct json_value *es = json_get(m, "exit_signal");
-            int has_sig = es && json_int(es, &sig) == 0 && sig != 0;
-            if (has_sig)
-                snprintf(exitbuf, sizeof exitbuf, "signal %lld", (long long)sig);
-            else if (json_int(json_get(m, "exit_code"), &code) == 0)
-                snprintf(exitbuf, sizeof exitbuf, "status %lld", (long long)code);
-            else
-                snprintf(exitbuf, sizeof exitbuf, "status ?");
+    for (size_t p = 0; p < pg->n; p++) {
+        for (const struct json_value *m = pg->mounts[p]->u.list.first; m; m = m->next, row++) {
+            static const char *const keys[LIST_COLS - 1] = {"id", "state", "fstype", "options", "source", "target", "owner_uid", "uid"};
+            char tmp[64];
+            for (int c = 0; c < LIST_COLS - 1; c++)
+                cells[row][c] = cell(field_text(m, keys[c], tmp, sizeof tmp));
+            char exitbuf[96] = "";
+            const char *state = json_cstr(json_get(m, "state"));
+            if (state && strcmp(state, "exited") == 0) {
+                int64_t sig = 0, code;
+                const struct json_value *es = json_get(m, "exit_signal");
+                int has_sig = es && json_int(es, &sig) == 0 && sig != 0;
+                if (has_sig)
+                    snprintf(exitbuf, sizeof exitbuf, "signal %lld", (long long)sig);
+                else if (json_int(json_get(m, "exit_code"), &code) == 0)
+                    snprintf(exitbuf, sizeof exitbuf, "status %lld", (long long)code);
+                else
+                    snprintf(exitbuf, sizeof exitbuf, "status ?");
+            }
+            cells[row][LIST_COLS - 1] = cell(exitbuf);
         }
-        cells[row][LIST_COLS - 1] = strdup(exitbuf);
     }
     size_t w[LIST_COLS] = {0};
     for (size_t i = 0; i < rows; i++)
         for (int c = 0; c < LIST_COLS; c++) {
-            if (!cells[i][c])
-                die_local("out of memory");
             size_t cw = width(cells[i][c]);
             if (cw > w[c])
                 w[c] = cw;
         }
     for (size_t i = 0; i < rows; i++) {
-        /* like the TS client: cells padded and joined by two spaces, trailing blanks trimmed */
+        /* cells padded and joined by two spaces, trailing blanks trimmed; already escaped */
         struct json_buf line;
         json_buf_init(&line);
         for (int c = 0; c < LIST_COLS; c++) {
@@ -680,7 +917,7 @@ static void print_list(const struct json_value *r)
             die_local("out of memory");
         while (line.len && line.data[line.len - 1] == ' ')
             line.data[--line.len] = 0;
-        put_safe(stdout, line.data);
+        fwrite(line.data, 1, line.len, stdout);
         fputc('\n', stdout);
         json_buf_free(&line);
         for (int c = 0; c < LIST_COLS; c++)
@@ -689,10 +926,184 @@ static void print_list(const struct json_value *r)
     free(cells);
 }
 
+/* Asks for every page of the list (docs/protocol.md: the reply's "next" is the next request's
+ * "after") and keeps them all. The first request carries no cursor, so a broker from before
+ * paging answers it with everything and no "next". */
+static void list_all(const char *sock, double timeout_s, struct pages *pg)
+{
+    static char reply[MAX_REPLY_BYTES + 1];
+    int64_t after = 0;
+    memset(pg, 0, sizeof *pg);
+    for (;;) {
+        struct json_buf body;
+        json_buf_init(&body);
+        if (after == 0) {
+            json_buf_puts(&body, "{\"v\":1,\"op\":\"list\"}");
+        } else {
+            char num[64];
+            snprintf(num, sizeof num, "{\"v\":1,\"op\":\"list\",\"after\":%lld}", (long long)after);
+            json_buf_puts(&body, num);
+        }
+        if (body.failed)
+            die_local("out of memory");
+        size_t n = exchange(sock, &body, NULL, 0, timeout_s, reply, sizeof reply - 1);
+        json_buf_free(&body);
+        if (n == 0)
+            die_local("the broker closed the connection without a reply");
+        struct json_doc *doc = NULL;
+        const struct json_value *r = decode_reply(&doc, reply, n);
+        const struct json_value *ms = json_get_type(r, "mounts", JSON_ARRAY);
+        if (!ms)
+            refused("EPROTO_FIELD", "the broker's list reply has no \"mounts\" array");
+        if (pg->n == pg->cap) {
+            size_t cap = pg->cap ? pg->cap * 2 : 8;
+            struct json_doc **d = realloc(pg->docs, cap * sizeof *d);
+            if (!d)
+                die_local("out of memory");
+            pg->docs = d;
+            const struct json_value **m = realloc(pg->mounts, cap * sizeof *m);
+            if (!m)
+                die_local("out of memory");
+            pg->mounts = m;
+            pg->cap = cap;
+        }
+        pg->docs[pg->n] = doc;
+        pg->mounts[pg->n] = ms;
+        pg->n++;
+        pg->total += ms->u.list.count;
+        const struct json_value *next = json_get(r, "next");
+        if (!next || next->type == JSON_NULL)
+            return;
+        int64_t nx;
+        /* ids only grow from page to page: anything else would never end */
+        if (json_int(next, &nx) < 0 || nx <= after || nx > INT32_MAX || ms->u.list.count == 0)
+            refused("EPROTO_FIELD", "the broker's list reply has a bad \"next\"");
+        after = nx;
+    }
+}
+
+static void free_pages(struct pages *pg)
+{
+    for (size_t k = 0; k < pg->n; k++)
+        json_free(pg->docs[k]);
+    free(pg->docs);
+    free(pg->mounts);
+}
+
+/* list: every page, then one table or one {"mounts":[...]} object. */
+static int do_list(const char *sock, const struct args *a)
+{
+    struct pages pg;
+    list_all(sock, a->timeout_s, &pg);
+    if (a->json) {
+        struct json_buf out;
+        json_buf_init(&out);
+        json_buf_puts(&out, "{\"mounts\":[");
+        int first = 1;
+        for (size_t p = 0; p < pg.n; p++)
+            for (const struct json_value *m = pg.mounts[p]->u.list.first; m; m = m->next) {
+                if (!first)
+                    json_buf_put(&out, ",", 1);
+                first = 0;
+                put_json_safe(&out, m);
+            }
+        json_buf_puts(&out, "]}\n");
+        if (out.failed)
+            die_local("out of memory");
+        fwrite(out.data, 1, out.len, stdout);
+        json_buf_free(&out);
+    } else {
+        print_list(&pg);
+    }
+    free_pages(&pg);
+    if (fflush(stdout) != 0 || ferror(stdout))
+        die_local("cannot write the output: %s", errname(errno));
+    return 0;
+}
+
+/* ---------------------------------------------------------------- --via transport */
+
+/* The COMMAND serving the transport, until the broker has the mount (then it is left running). */
+static pid_t via_child = -1;
+
+/*
+ * A refused or failed mount: the COMMAND must not outlive it. Our end of the transport is
+ * closed already (exchange), and the broker's and launcher's copies go with the refusal, so a
+ * COMMAND that reads its stdin sees EOF and ends by itself; one that does not is terminated.
+ */
+static void via_cleanup(void)
+{
+    if (via_child <= 0)
+        return;
+    for (int tries = 0; tries < 40; tries++) { /* 2 s for it to see EOF and exit */
+        pid_t r = waitpid(via_child, NULL, WNOHANG);
+        if (r == via_child || (r < 0 && errno != EINTR))
+            return;
+        usleep(50000);
+    }
+    if (kill(via_child, SIGTERM) < 0)
+        return;
+    for (int tries = 0; tries < 40; tries++) {
+        if (waitpid(via_child, NULL, WNOHANG) != 0)
+            return;
+        usleep(50000);
+    }
+    kill(via_child, SIGKILL);
+    waitpid(via_child, NULL, 0);
+}
+
+/*
+ * --via COMMAND: a connected AF_UNIX stream pair; COMMAND runs under /bin/sh -c as us, with our
+ * credentials, network and stderr, and one end as its stdin and stdout. The other end is
+ * returned, to be sent as the request's transport. Both ends are close-on-exec; dup2 gives the
+ * child its copies without the flag.
+ */
+static int via_start(const char *command)
+{
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+        die_local("cannot create the transport socketpair: %s", errname(errno));
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0)
+        die_local("cannot start the --via command: fork: %s", errname(errno));
+    if (pid == 0) {
+        if (dup2(sv[1], STDIN_FILENO) < 0 || dup2(sv[1], STDOUT_FILENO) < 0) {
+            fprintf(stderr, "%s: --via: dup2: %s\n", prog, errname(errno));
+            _exit(127);
+        }
+        execl("/bin/sh", "sh", "-c", command, (char *)NULL);
+        fprintf(stderr, "%s: --via: cannot run /bin/sh: %s\n", prog, errname(errno));
+        _exit(127);
+    }
+    if (close(sv[1]) < 0)
+        die_local("close(transport end of the --via command): %s", errname(errno));
+    via_child = pid;
+    if (atexit(via_cleanup) != 0)
+        die_local("atexit failed");
+    return sv[0];
+}
+
+/* The mount is up: the COMMAND is the mount's now; it ends when the mount ends. */
+static void via_release(void)
+{
+    via_child = -1;
+}
+
 /* ---------------------------------------------------------------- main */
 
 int main(int argc, char **argv)
 {
+    struct personality pers;
+    if (personality_from_argv0(argc, argv, &pers)) {
+        argc = pers.argc;
+        argv = pers.argv;
+        prog = pers.prog;
+        quiet = pers.quiet;
+        exit_local = pers.exit_local;
+        exit_refused = pers.exit_refused;
+        exit_usage = pers.exit_usage;
+    }
     struct args a;
     parse_args(argc, argv, &a);
 
@@ -711,13 +1122,16 @@ int main(int argc, char **argv)
     case OP_MOUNT: {
         const char *source = a.pos[0], *target = a.pos[1];
         int ro = options_read_only(a.options);
-        fds[nfds++] = open_role(source, ro ? O_RDONLY : O_RDWR, "source");
+        if (a.via)
+            fds[nfds++] = via_start(a.via);
+        else
+            fds[nfds++] = open_role(source, ro ? O_RDONLY : O_RDWR, "source");
         fds[nfds++] = open_role(target, O_PATH | O_DIRECTORY | O_NOFOLLOW, "target");
         json_buf_puts(&body, "\"mount\",\"fstype\":");
         put_user_string(&body, a.fstype);
         json_buf_puts(&body, ",\"options\":");
         put_user_string(&body, a.options);
-        json_buf_puts(&body, ",\"fds\":[\"source\",\"target\"],\"source_name\":");
+        json_buf_puts(&body, a.via ? ",\"fds\":[\"transport\",\"target\"],\"source_name\":" : ",\"fds\":[\"source\",\"target\"],\"source_name\":");
         put_user_string(&body, source);
         json_buf_puts(&body, ",\"target_name\":");
         put_user_string(&body, target);
@@ -741,8 +1155,8 @@ int main(int argc, char **argv)
         break;
     case OP_LIST:
     case OP_NONE:
-        json_buf_puts(&body, "\"list\"");
-        break;
+        json_buf_free(&body);
+        return do_list(sock, &a);
     }
     json_buf_puts(&body, "}");
     if (body.failed)
@@ -761,16 +1175,18 @@ int main(int argc, char **argv)
 
     struct json_doc *doc = NULL;
     const struct json_value *r = decode_reply(&doc, reply, n);
+    if (a.op == OP_MOUNT && a.via)
+        via_release();
 
     struct json_buf out;
     json_buf_init(&out);
     switch (a.op) {
     case OP_MOUNT:
         if (a.json) {
-            json_buf_put_value(&out, r);
+            put_json_safe(&out, r);
         } else {
             json_buf_puts(&out, "mounted ");
-            json_buf_puts(&out, a.pos[1]);
+            put_escaped(&out, a.pos[1], strlen(a.pos[1]));
             char tmp[64];
             snprintf(tmp, sizeof tmp, " (id %s)", field_text(r, "id", (char[32]){0}, 32));
             json_buf_puts(&out, tmp);
@@ -778,7 +1194,7 @@ int main(int argc, char **argv)
         break;
     case OP_UNMOUNT:
         if (a.json) {
-            json_buf_put_value(&out, r);
+            put_json_safe(&out, r);
         } else {
             json_buf_puts(&out, "unmounted ");
             if (a.have_id) {
@@ -786,7 +1202,7 @@ int main(int argc, char **argv)
                 snprintf(tmp, sizeof tmp, "id %lld", (long long)a.id);
                 json_buf_puts(&out, tmp);
             } else {
-                json_buf_puts(&out, a.pos[0]);
+                put_escaped(&out, a.pos[0], strlen(a.pos[0]));
             }
             char tmp[64];
             snprintf(tmp, sizeof tmp, " (id %s)", field_text(r, "id", (char[32]){0}, 32));
@@ -795,25 +1211,12 @@ int main(int argc, char **argv)
         break;
     case OP_LIST:
     case OP_NONE:
-        if (a.json) {
-            const struct json_value *ms = json_get_type(r, "mounts", JSON_ARRAY);
-            if (!ms)
-                refused("EPROTO_FIELD", "the broker's list reply has no \"mounts\" array");
-            json_buf_puts(&out, "{\"mounts\":");
-            json_buf_put_value(&out, ms);
-            json_buf_puts(&out, "}");
-        } else {
-            print_list(r);
-        }
         break;
     }
     if (out.failed)
         die_local("out of memory");
-    if (out.len) {
-        if (a.json)
-            fputs(out.data, stdout);
-        else
-            put_safe(stdout, out.data);
+    if (out.len && !quiet) {
+        fwrite(out.data, 1, out.len, stdout);
         fputc('\n', stdout);
     }
     json_buf_free(&out);

@@ -11,7 +11,8 @@
  * one thread fork() is safe and every blocking point is visible in the event loop.
  *
  * Process tree of one instance:
- *   launcher (supervisor; holds the uid lock, the pinned caller mount ns, the mount fd)
+ *   launcher (supervisor; holds the uid lock; until ready the pinned caller mount ns and the
+ *             mount fd, after it only a file handle of that ns, which does not keep it alive)
  *     +- server, pid 1 of its own user/mnt/pid/net/ipc/uts/cgroup namespaces
  *     +- short-lived helpers: "checker" (waits for FUSE_INIT, as the mount's owner),
  *        "attacher" and "detacher" (attach/detach the mount in the caller's namespace)
@@ -43,6 +44,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
+#include <sys/sysmacros.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
@@ -97,6 +99,7 @@ struct root_entry {
 	enum { ROOT_BIND, ROOT_DIR, ROOT_FILE } kind;
 	const char *src, *dst;
 	bool rw;
+	unsigned long long size; /* root_file: apparent size (sparse), so stat() sees the source's */
 };
 
 struct rlimit_entry {
@@ -116,16 +119,20 @@ struct spec {
 	const char *rundir;
 	uid_t uid;
 	gid_t gid;
-	int fd_source, fd_target, fd_caller_pidfd, fd_conn;
+	int fd_source, fd_target, fd_caller_pidfd, fd_conn, fd_fuse, fd_transport;
 	bool mount_fuse;
+	bool mount_given;         /* mount given: the caller's helper mounted fd_fuse itself (libfuse's
+	                           * contained-service protocol); we find that mount, never make one */
 	const char *fsname, *subtype;
 	bool have_owner;
 	uid_t owner_uid;
 	gid_t owner_gid;
 	bool readonly;
-	bool noexec, default_permissions;
+	bool noexec, default_permissions, allow_other;
 	long long max_read;
 	int fuse_fd;
+	bool fuse_notify;         /* hand-over "notify": open(/dev/fuse) and mount(2) answered here */
+	const char *passwd_name;  /* root_passwd: an /etc/passwd + /etc/group entry for the uid */
 	const char *sentinel;
 	bool root_usr;
 	const char *standin;
@@ -164,7 +171,7 @@ struct spec {
 };
 
 static struct spec S = {
-	.fd_source = -1, .fd_target = -1, .fd_caller_pidfd = -1, .fd_conn = -1,
+	.fd_source = -1, .fd_target = -1, .fd_caller_pidfd = -1, .fd_conn = -1, .fd_fuse = -1, .fd_transport = -1,
 	.max_read = -1, .fuse_fd = -1, .tmp_size = -1,
 	.stop_timeout_ms = 10000, .ready_timeout_ms = 10000,
 };
@@ -185,9 +192,15 @@ static struct {
 	int lockfd;
 	int sigfd;
 	int devfuse;              /* our copy of the /dev/fuse fd; closed once the server exec'd */
-	int mntfd;                /* the FUSE mount (from fsmount), kept until it is detached */
+	int mntfd;                /* the FUSE mount (from fsmount), closed once attached: a held
+	                           * reference would make umount(8) "busy" and keep a lazily
+	                           * unmounted superblock, and so the server, alive forever */
+	unsigned int conn_minor;  /* the FUSE connection (fusectl's N), for abort_connection */
 	bool maybe_attached;      /* the attacher ran: detach on the way out */
-	int nsfd;                 /* the caller's mount namespace, pinned */
+	bool detached;            /* the mount is gone from the caller's namespace (state file) */
+	int nsfd;                 /* the caller's mount namespace, pinned until ready */
+	bool ns_by_handle;        /* after ready: reached through ns_handle, nsfd closed */
+	bool ns_gone;             /* the caller's mount namespace has ended (handle ESTALE) */
 	pid_t server_pid;
 	int server_pidfd;
 	int notify_fd;            /* seccomp user notifications from the server */
@@ -195,11 +208,15 @@ static struct {
 	pid_t checker_pid;
 	int checker_pidfd, checker_rd;
 	uint64_t mnt_id;
+	unsigned long long mnt_id_old;  /* the reusable id fdinfo shows, for the broker's matching */
+	char start_time[32];      /* /proc/self/stat field 22: with our pid, names us for a new broker */
 	int exit_code, exit_signal;
 	char reason[256];
 	int cap_last;
 	int source_accmode;
 	int nr_open, nr_openat, nr_openat2;  /* native numbers of the notified syscalls */
+	int nr_mount;
+	int fuse_handed;          /* fuse_notify: the FUSE fd's number in the server, once handed */
 	scmp_filter_ctx policy, notifier;
 	int64_t ready_deadline, term_deadline, kill_deadline; /* CLOCK_MONOTONIC ms, 0 = none */
 	size_t log_written, log_dropped;
@@ -208,7 +225,7 @@ static struct {
 } G = {
 	.instdir = -1, .lockfd = -1, .sigfd = -1, .devfuse = -1, .mntfd = -1, .nsfd = -1,
 	.server_pidfd = -1, .notify_fd = -1, .log_fd = -1, .checker_pidfd = -1, .checker_rd = -1,
-	.sandbox_err_fd = -1, .exit_code = -1, .cap_last = 63,
+	.sandbox_err_fd = -1, .exit_code = -1, .cap_last = 63, .fuse_handed = -1,
 };
 
 static void state_write(void);
@@ -255,6 +272,55 @@ static void logmsg(const char *fmt, ...)
 	G.log_written += len;
 	/* fd 2 is the instance log; nothing useful can be done if it fails */
 	if (write(STDERR_FILENO, buf, len) < 0) {}
+}
+
+/*
+ * Step trace (issue 12 §2, 16 §2): where one instance's time and CPU go. Each mark keeps the
+ * monotonic clock and the CPU of the launcher itself and of its reaped children (the server,
+ * with its pre-exec sandbox set-up, and the short-lived helpers); one line at the end names
+ * them all, so the trace costs a few clock reads and one write per instance.
+ */
+#define STEPS_MAX 16
+static struct step_mark {
+	const char *name;
+	int64_t wall_us, self_us, kids_us;
+} steps[STEPS_MAX];
+static unsigned nsteps;
+
+static int64_t tv_us(struct timeval tv) { return (int64_t)tv.tv_sec * 1000000 + tv.tv_usec; }
+
+static void step(const char *name)
+{
+	struct timespec ts;
+	struct rusage self, kids;
+	if (nsteps == STEPS_MAX)
+		return;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	if (getrusage(RUSAGE_SELF, &self) < 0 || getrusage(RUSAGE_CHILDREN, &kids) < 0)
+		return;
+	steps[nsteps++] = (struct step_mark){name, (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000,
+					     tv_us(self.ru_utime) + tv_us(self.ru_stime),
+					     tv_us(kids.ru_utime) + tv_us(kids.ru_stime)};
+}
+
+static void logmsg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* "steps: NAME +WALL/SELF/KIDS ..." in µs since the previous mark (the first: since exec). */
+static void steps_log(void)
+{
+	char line[900];
+	size_t off = 0;
+	int64_t pw = launcher_t0_us, ps = 0, pk = 0;
+	for (unsigned i = 0; i < nsteps && off < sizeof line - 64; i++) {
+		const struct step_mark *m = &steps[i];
+		int n = snprintf(line + off, sizeof line - off, " %s +%lld/%lld/%lld", m->name,
+				 (long long)(m->wall_us - pw), (long long)(m->self_us - ps), (long long)(m->kids_us - pk));
+		if (n < 0)
+			break;
+		off += (size_t)n;
+		pw = m->wall_us, ps = m->self_us, pk = m->kids_us;
+	}
+	if (nsteps)
+		logmsg("steps (us wall/launcher cpu/children cpu):%s", line);
 }
 
 /* Readiness and state messages are one line: no TAB, LF or control characters. */
@@ -396,16 +462,8 @@ static void cgroups_remove(void)
 			}
 			usleep(10000);
 		}
-		/* and the shared parent (fuse-svc/) once it is empty, so nothing is left in the
-		 * broker's own cgroup; EBUSY/ENOTEMPTY: other instances still live there */
-		char parent[PATH_MAX];
-		snprintf(parent, sizeof parent, "%s", S.cgroups[i]);
-		char *slash = strrchr(parent, '/');
-		if (slash && slash != parent) {
-			*slash = '\0';
-			if (rmdir(parent) < 0 && errno != EBUSY && errno != ENOTEMPTY && errno != ENOENT)
-				logmsg("rmdir(%s): %s", parent, strerror(errno));
-		}
+		/* Never the shared parent: the broker may be creating the next instance's cgroup in
+		 * it right now (its mkdir would fail ENOENT). It goes at the full stop only. */
 	}
 }
 
@@ -674,8 +732,8 @@ static void spec_once(const char *key, bool *seen)
 static void spec_record(char **f, unsigned n)
 {
 	static struct {
-		bool id, rundir, uid, gid, mount, fsname, subtype, owner, readonly, noexec, default_permissions, max_read, fuse_fd,
-			sentinel, root_usr, root_bin, tmp_size, proc, proc_source, hostname, umask, oom,
+		bool id, rundir, uid, gid, mount, fsname, subtype, owner, readonly, noexec, default_permissions, allow_other, max_read, fuse_fd,
+			sentinel, fuse_handover, root_passwd, root_usr, root_bin, tmp_size, proc, proc_source, hostname, umask, oom,
 			nnp, cwd, exec, seccomp_default, stop, ready, listen_env, cgroup_joined;
 	} seen;
 	const char *k = f[0];
@@ -709,6 +767,10 @@ static void spec_record(char **f, unsigned n)
 			slot = &S.fd_caller_pidfd;
 		else if (!strcmp(f[1], "conn"))
 			slot = &S.fd_conn;
+		else if (!strcmp(f[1], "fuse"))
+			slot = &S.fd_fuse;
+		else if (!strcmp(f[1], "transport"))
+			slot = &S.fd_transport;
 		else
 			spec_error("unknown fd role: %s", f[1]);
 		if (*slot >= 0)
@@ -716,7 +778,9 @@ static void spec_record(char **f, unsigned n)
 		*slot = spec_inherited_fd(f[2]);
 	} else if (!strcmp(k, "mount")) {
 		NF(1, 1); ONCE(mount);
-		if (strcmp(f[1], "fuse"))
+		if (!strcmp(f[1], "given"))
+			S.mount_given = true;
+		else if (strcmp(f[1], "fuse"))
 			spec_error("unknown mount kind: %s", f[1]);
 		S.mount_fuse = true;
 	} else if (!strcmp(k, "mount_fsname")) {
@@ -739,6 +803,9 @@ static void spec_record(char **f, unsigned n)
 	} else if (!strcmp(k, "mount_default_permissions")) {
 		NF(1, 1); ONCE(default_permissions);
 		S.default_permissions = spec_bool(f[1]);
+	} else if (!strcmp(k, "mount_allow_other")) {
+		NF(1, 1); ONCE(allow_other);
+		S.allow_other = spec_bool(f[1]);
 	} else if (!strcmp(k, "mount_max_read")) {
 		NF(1, 1); ONCE(max_read);
 		S.max_read = (long long)spec_uint(f[1], UINT32_MAX);
@@ -747,6 +814,19 @@ static void spec_record(char **f, unsigned n)
 		S.fuse_fd = (int)spec_uint(f[1], HIGH_FD - 1);
 		if (S.fuse_fd < 3)
 			spec_error("fuse_fd must be >= 3");
+	} else if (!strcmp(k, "fuse_handover")) {
+		NF(1, 1); ONCE(fuse_handover);
+		if (strcmp(f[1], "inherit") && strcmp(f[1], "notify"))
+			spec_error("fuse_handover: inherit or notify, not %s", f[1]);
+		S.fuse_notify = !strcmp(f[1], "notify");
+	} else if (!strcmp(k, "root_passwd")) {
+		NF(1, 1); ONCE(root_passwd);
+		for (const char *c = f[1]; *c; c++)
+			if (!((*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') || *c == '-' || *c == '_'))
+				spec_error("root_passwd: a user name of [a-z0-9_-], not %s", f[1]);
+		if (!*f[1] || strlen(f[1]) > 32)
+			spec_error("root_passwd: 1 to 32 characters");
+		S.passwd_name = f[1];
 	} else if (!strcmp(k, "source_sentinel")) {
 		NF(1, 1); ONCE(sentinel);
 		S.sentinel = spec_sandbox_path(f[1]);
@@ -769,8 +849,13 @@ static void spec_record(char **f, unsigned n)
 		APPEND(S.roots, S.nroots, e);
 	} else if (!strcmp(k, "root_dir") || !strcmp(k, "root_file")) {
 		struct root_entry e = {.kind = k[5] == 'd' ? ROOT_DIR : ROOT_FILE};
-		NF(1, 1);
+		if (e.kind == ROOT_FILE)
+			NF(1, 2);
+		else
+			NF(1, 1);
 		e.dst = spec_sandbox_path(f[1]);
+		if (n > 2)
+			e.size = spec_uint(f[2], 1ULL << 62);
 		APPEND(S.roots, S.nroots, e);
 	} else if (!strcmp(k, "dev")) {
 		static const char *const allowed[] = {"null", "zero", "full", "random", "urandom", "tty"};
@@ -881,7 +966,10 @@ static void spec_check(void)
 		spec_error("id, rundir, exec and arg are required");
 	if (S.uid == 0 || S.gid == 0)
 		spec_error("uid and gid are required and never 0");
-	if (S.mount_fuse) {
+	if (S.mount_given) {
+		if (S.fd_fuse < 0 || S.fd_target >= 0 || S.fd_caller_pidfd < 0 || S.fuse_fd < 0 || !S.have_owner)
+			spec_error("mount given needs fd fuse, fd caller_pidfd, fuse_fd and mount_owner, and no fd target");
+	} else if (S.mount_fuse) {
 		if (S.fd_target < 0 || S.fd_caller_pidfd < 0 || S.fuse_fd < 0 || !S.have_owner)
 			spec_error("mount fuse needs fd target, fd caller_pidfd, fuse_fd and mount_owner");
 	} else if (S.fuse_fd >= 0) {
@@ -889,6 +977,12 @@ static void spec_check(void)
 	}
 	if (S.sentinel && S.fd_source < 0)
 		spec_error("source_sentinel without fd source");
+	if (S.fuse_notify && (!S.mount_fuse || !S.sentinel))
+		spec_error("fuse_handover notify needs mount fuse and source_sentinel (the notifier answers it)");
+	if (S.fd_fuse >= 0 && !S.mount_given)
+		spec_error("fd fuse without mount given");
+	if (S.fd_transport >= 0 && (S.fd_source >= 0 || S.listen_env))
+		spec_error("fd transport is the server's stdin and stdout: not with fd source or listen_env");
 	if (S.listen_env && S.fd_conn < 0)
 		spec_error("listen_env without fd conn");
 	if (S.listen_env && S.fuse_fd == 3)
@@ -1020,6 +1114,41 @@ static void join_cgroups_early(char **dirs, size_t n)
 	}
 }
 
+/*
+ * A pooled launcher's spec names the cgroups (renamed to the instance's name) it sits in: each
+ * one must list our pid in cgroup.procs, or the server would run outside the limits it names.
+ */
+static void check_cgroups_joined(void)
+{
+	char me[32];
+	int n = snprintf(me, sizeof me, "%d", (int)getpid());
+	if (S.ncgroups != pool_ncgroups)
+		fail("ESANDBOX", "the spec names %zu cgroups, the launcher joined %zu", S.ncgroups, pool_ncgroups);
+	for (size_t i = 0; i < S.ncgroups; i++) {
+		char path[PATH_MAX], buf[4096];
+		snprintf(path, sizeof path, "%s/cgroup.procs", S.cgroups[i]);
+		int fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			die_errno("ESANDBOX", "open(%s)", path);
+		ssize_t r = read(fd, buf, sizeof buf - 1);
+		if (r < 0)
+			die_errno("ESANDBOX", "read(%s)", path);
+		close(fd);
+		buf[r] = '\0';
+		bool found = false;
+		for (char *line = buf; *line;) {
+			char *nl = strchr(line, '\n');
+			if ((nl ? nl - line : (long)strlen(line)) == n && !strncmp(line, me, (size_t)n))
+				found = true;
+			if (!nl)
+				break;
+			line = nl + 1;
+		}
+		if (!found)
+			fail("ESANDBOX", "the launcher is not in its cgroup %s", S.cgroups[i]);
+	}
+}
+
 static void spec_parse(char *buf, size_t len)
 {
 	buf[len] = '\0';
@@ -1060,14 +1189,54 @@ static void spec_parse(char *buf, size_t len)
 /* ---------------------------------------------------------------------------------------- */
 /* Runtime directory: the uid lock and the state file                                        */
 
+/* A subdirectory someone else owns or can write to may hold entries they planted (a forged
+ * state file, a link at ID.state.tmp): refused, like the runtime dir itself. */
 static int open_subdir(int parent, const char *name)
 {
+	struct stat st;
 	int fd;
 	if (mkdirat(parent, name, 0700) < 0 && errno != EEXIST)
 		die_errno("EINTERNAL", "mkdir(%s/%s)", S.rundir, name);
 	fd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0)
-		die_errno("EINTERNAL", "open(%s/%s)", S.rundir, name);
+		die_errno("EINTERNAL", "open(%s/%s, O_NOFOLLOW)", S.rundir, name);
+	if (fstat(fd, &st) < 0)
+		die_errno("EINTERNAL", "fstat(%s/%s)", S.rundir, name);
+	if (st.st_uid != 0 || (st.st_mode & 022))
+		fail("EINTERNAL", "%s/%s is not owned by root and writable by root alone", S.rundir, name);
+	return fd;
+}
+
+/* Opens an absolute directory path one component at a time, each O_NOFOLLOW: a symlink
+ * anywhere on the way fails ELOOP/ENOTDIR instead of being followed. The last component is
+ * made (0700) when missing. */
+static int open_dir_nofollow(const char *path)
+{
+	char buf[PATH_MAX], *p, *slash;
+	int fd, next;
+
+	if (path[0] != '/' || strlen(path) >= sizeof buf)
+		fail("EINTERNAL", "rundir %s: not an absolute path", path);
+	strcpy(buf, path);
+	fd = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		die_errno("EINTERNAL", "open(/)");
+	for (p = buf + 1; *p; p = slash + 1) {
+		slash = strchr(p, '/');
+		if (slash)
+			*slash = '\0';
+		if (*p) {
+			if (!slash && mkdirat(fd, p, 0700) < 0 && errno != EEXIST)
+				die_errno("EINTERNAL", "mkdir(%s)", path);
+			next = openat(fd, p, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+			if (next < 0)
+				die_errno("EINTERNAL", "open(%s: component %s, O_NOFOLLOW)", path, p);
+			close(fd);
+			fd = next;
+		}
+		if (!slash)
+			break;
+	}
 	return fd;
 }
 
@@ -1076,13 +1245,10 @@ static void rundir_open_and_lock(void)
 	char name[64];
 	int rundir, uids;
 
-	if (mkdir(S.rundir, 0700) < 0 && errno != EEXIST)
-		die_errno("EINTERNAL", "mkdir(%s)", S.rundir);
-	/* The broker checked the whole path; refuse a final symlink or a directory someone else
-	 * could write to anyway, so nothing below is ever created through a planted link. */
-	rundir = open(S.rundir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	if (rundir < 0)
-		die_errno("EINTERNAL", "open(%s, O_NOFOLLOW)", S.rundir);
+	/* The broker checked the whole path; the walk refuses a link at any component and the
+	 * check below a directory someone else could write to, so nothing below is ever created
+	 * through a planted link. */
+	rundir = open_dir_nofollow(S.rundir);
 	{
 		struct stat st;
 		if (fstat(rundir, &st) < 0)
@@ -1095,10 +1261,20 @@ static void rundir_open_and_lock(void)
 	close(rundir);
 
 	snprintf(name, sizeof name, "%u.lock", (unsigned)S.uid);
-	G.lockfd = openat(uids, name, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+	/* The lock file outlives instances (it is the uid's, reused): opened, not recreated, so
+	 * it must be root's own regular file with one link. O_NONBLOCK: a planted FIFO must not
+	 * block the open. Nothing is ever written to it. */
+	G.lockfd = openat(uids, name, O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0600);
 	if (G.lockfd < 0)
-		die_errno("EINTERNAL", "open(uids/%s)", name);
+		die_errno("EINTERNAL", "open(uids/%s, O_NOFOLLOW)", name);
 	close(uids);
+	{
+		struct stat st;
+		if (fstat(G.lockfd, &st) < 0)
+			die_errno("EINTERNAL", "fstat(uids/%s)", name);
+		if (!S_ISREG(st.st_mode) || st.st_uid != 0 || st.st_nlink != 1 || (st.st_mode & 022))
+			fail("EINTERNAL", "uids/%s is not a regular file of root's with one link; refusing it", name);
+	}
 	/* held for the launcher's whole life: one live instance per sandbox uid */
 	if (flock(G.lockfd, LOCK_EX | LOCK_NB) < 0) {
 		if (errno != EWOULDBLOCK)
@@ -1126,14 +1302,19 @@ static void state_write(void)
 		return;
 	sanitize_line(G.reason);
 	n = snprintf(text, sizeof text,
-		     "state=%s\nlauncher_pid=%d\nserver_pid=%d\nmnt_id=%llu\nexit_code=%d\n"
-		     "exit_signal=%d\nreason=%s\nended_at=%lld\n",
-		     names[G.phase], (int)getpid(), (int)G.server_pid,
-		     (unsigned long long)G.mnt_id, G.exit_code, G.exit_signal, G.reason,
-		     G.phase == PHASE_EXITED ? (long long)clock_ms(CLOCK_REALTIME) : 0LL);
+		     "state=%s\nlauncher_pid=%d\nlauncher_start=%s\nserver_pid=%d\nmnt_id=%llu\n"
+		     "mnt_id_old=%llu\nexit_code=%d\nexit_signal=%d\nreason=%s\nended_at=%lld\n"
+		     "detached=%d\n",
+		     names[G.phase], (int)getpid(), G.start_time, (int)G.server_pid,
+		     (unsigned long long)G.mnt_id, G.mnt_id_old, G.exit_code, G.exit_signal, G.reason,
+		     G.phase == PHASE_EXITED ? (long long)clock_ms(CLOCK_REALTIME) : 0LL, G.detached);
 	snprintf(tmp, sizeof tmp, "%llu.state.tmp", S.id);
 	snprintf(final, sizeof final, "%llu.state", S.id);
-	fd = openat(G.instdir, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+	/* Always a fresh inode: a stale ID.state.tmp (or a hard link someone planted under that
+	 * name) is unlinked, never truncated and written. */
+	if (unlinkat(G.instdir, tmp, 0) < 0 && errno != ENOENT)
+		logmsg("unlink(instances/%s): %s", tmp, strerror(errno));
+	fd = openat(G.instdir, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
 	if (fd < 0) {
 		logmsg("open(instances/%s): %s", tmp, strerror(errno));
 		return;
@@ -1143,6 +1324,43 @@ static void state_write(void)
 	close(fd);
 	if (renameat(G.instdir, tmp, G.instdir, final) < 0)
 		logmsg("rename(instances/%s): %s", final, strerror(errno));
+}
+
+/* Our start time (field 22 of /proc/self/stat), written into every state file: the broker
+ * writes the instance record before it spawns us, so a broker killed right after the spawn
+ * never recorded our pid; the next one takes pid and start time from the state file and
+ * checks them against the process its pidfd pins. Empty if unreadable (never adopted then). */
+static void read_start_time(void)
+{
+	char buf[1024];
+	int fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
+	ssize_t n;
+	if (fd < 0) {
+		logmsg("open(/proc/self/stat): %s", strerror(errno));
+		return;
+	}
+	n = read(fd, buf, sizeof buf - 1);
+	if (n < 0)
+		logmsg("read(/proc/self/stat): %s", strerror(errno));
+	close(fd);
+	if (n <= 0)
+		return;
+	buf[n] = 0;
+	/* comm (field 2) may hold spaces and ')': count fields after the last ')' (field 3 on). */
+	char *p = strrchr(buf, ')');
+	if (!p)
+		return;
+	p++;
+	for (int field = 2; field < 21 && p; field++)
+		p = strchr(p + 1, ' ');
+	if (!p)
+		return;
+	p++;
+	size_t len = strcspn(p, " ");
+	if (len == 0 || len >= sizeof G.start_time)
+		return;
+	memcpy(G.start_time, p, len);
+	G.start_time[len] = 0;
 }
 
 static void set_phase(enum phase p)
@@ -1235,6 +1453,63 @@ static void pin_caller_mntns(void)
 	if (ioctl(fd, NS_GET_NSTYPE) != CLONE_NEWNS)
 		fail("EATTACH", "the caller's namespace fd is not a mount namespace");
 	G.nsfd = fd;
+}
+
+/*
+ * Once the mount is attached, the launcher keeps the namespace only by name: an nsfs file
+ * handle (Linux 6.18), which holds no reference. So the namespace ends with its last process
+ * (or last nsfs descriptor or bind mount), its mounts go with it, the FUSE superblock with the
+ * last of them, the kernel aborts the connection and the server, reading ENODEV, flushes and
+ * exits: the instance ends as after a umount(8). Namespace ids are never reused, so the handle
+ * of an ended namespace fails ESTALE and never opens another one. Without handles (an older
+ * kernel) the pin stays: the instance then lives as long as the launcher (the old behaviour).
+ */
+static union {
+	struct file_handle fh;
+	char space[sizeof(struct file_handle) + MAX_HANDLE_SZ];
+} ns_handle;
+
+static int caller_mntns_open(void);
+
+static void unpin_caller_mntns(void)
+{
+	int mount_id;
+	ns_handle.fh.handle_bytes = MAX_HANDLE_SZ;
+	if (name_to_handle_at(G.nsfd, "", &ns_handle.fh, &mount_id, AT_EMPTY_PATH) < 0) {
+		logmsg("name_to_handle_at(caller mount namespace): %s; it stays pinned for the instance's "
+		       "life (no nsfs file handles before Linux 6.18)", strerror(errno));
+		return;
+	}
+	/* A handle that cannot be opened again is no handle: try it now, while the pin still
+	 * holds (in a container, seccomp or a missing capability may refuse open_by_handle_at
+	 * although name_to_handle_at worked; the stop path must not find that out too late). */
+	G.ns_by_handle = true;
+	int probe = caller_mntns_open();
+	if (probe < 0) {
+		G.ns_by_handle = false;
+		logmsg("open_by_handle_at(caller mount namespace): %s; it stays pinned for the instance's "
+		       "life", strerror(-probe));
+		return;
+	}
+	close(probe);
+	close_fd(&G.nsfd);
+}
+
+/* A descriptor of the caller's mount namespace for one detach, or -errno (-ESTALE: it ended).
+ * The handle is opened relative to our own namespace's nsfs file (any nsfs file will do). */
+static int caller_mntns_open(void)
+{
+	if (!G.ns_by_handle) {
+		int fd = G.nsfd < 0 ? -1 : fcntl(G.nsfd, F_DUPFD_CLOEXEC, 0);
+		return fd < 0 ? -(G.nsfd < 0 ? EBADF : errno) : fd;
+	}
+	int own = open("/proc/self/ns/mnt", O_RDONLY | O_CLOEXEC);
+	if (own < 0)
+		return -errno;
+	int fd = open_by_handle_at(own, &ns_handle.fh, O_RDONLY | O_CLOEXEC);
+	int err = errno;
+	close(own);
+	return fd < 0 ? -err : fd;
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -1489,6 +1764,10 @@ static void create_fuse_mount(void)
 
 	enter_caller_userns_prepare();
 	if (CU.active) {
+		/* allow_other is given for driver mounts, whose caller is the broker in the initial
+		 * user namespace; anywhere else it would open a user's mount to every uid. */
+		if (S.allow_other)
+			fail("EMOUNT", "mount_allow_other is refused for a caller in another user namespace");
 		create_fuse_mount_in_caller_userns(attrs);
 		return;
 	}
@@ -1510,6 +1789,10 @@ static void create_fuse_mount(void)
 	/* The kernel then checks mode bits itself, so a server that ignores them cannot widen access. */
 	if (S.default_permissions && fsconfig(fsfd, FSCONFIG_SET_FLAG, "default_permissions", NULL, 0) < 0)
 		die_errno("EMOUNT", "fsconfig(default_permissions)");
+	/* Docker volume driver mounts only (the broker is the caller): container processes of every
+	 * uid reach the mount, and default_permissions makes the image's own mode bits decide. */
+	if (S.allow_other && fsconfig(fsfd, FSCONFIG_SET_FLAG, "allow_other", NULL, 0) < 0)
+		die_errno("EMOUNT", "fsconfig(allow_other)");
 	if (fsconfig(fsfd, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0) {
 		int err = errno;
 		const char *log = fs_context_log(fsfd);
@@ -1520,6 +1803,186 @@ static void create_fuse_mount(void)
 	if (G.mntfd < 0)
 		die_errno("EMOUNT", "fsmount");
 	close(fsfd);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* mount given: the caller's helper (libfuse's fuservicemount3) mounted the connection itself */
+
+static int find_own_mount(int procself);
+
+/* The FUSE connection a /dev/fuse descriptor serves: Linux 6.x prints "fuse_connection: N" in
+ * its fdinfo once it is mounted (N = the superblock's minor device = fusectl's N). 0: never
+ * mounted, or a kernel that does not say (then nothing can be matched: refused). */
+static unsigned int fuse_fd_connection(int fd)
+{
+	char path[64], buf[1024];
+	ssize_t n;
+	int f, e;
+	snprintf(path, sizeof path, "/proc/self/fdinfo/%d", fd);
+	f = open(path, O_RDONLY | O_CLOEXEC);
+	if (f < 0)
+		die_errno("EINTERNAL", "open(%s)", path);
+	n = read(f, buf, sizeof buf - 1);
+	e = errno;
+	close(f);
+	if (n < 0) {
+		errno = e;
+		die_errno("EINTERNAL", "read(%s)", path);
+	}
+	buf[n] = 0;
+	char *p = strstr(buf, "fuse_connection:");
+	return p ? (unsigned int)strtoul(p + 16, NULL, 10) : 0;
+}
+
+struct given_result {
+	int err;                 /* 0, or an errno of the search itself */
+	unsigned long long id;   /* the mount's (reusable) id in the caller's namespace */
+	char why[200];           /* set when the mount found is refused */
+};
+
+static bool has_token(const char *list, const char *tok)
+{
+	size_t l = strlen(tok);
+	for (const char *p = list; p && *p; p = strchr(p, ',') ? strchr(p, ',') + 1 : NULL)
+		if (!strncmp(p, tok, l) && (p[l] == ',' || p[l] == 0 || p[l] == ' '))
+			return true;
+	return false;
+}
+
+/*
+ * In the caller's mount namespace: the one mount of FUSE connection `minor`. Read from our own
+ * /proc/self/mountinfo after setns (it lists the namespace we are in; the caller cannot fake
+ * it). Exactly one mount must show that device (a second one, a bind the helper made, is
+ * refused: we could detach only one), with nosuid and nodev, owned by the caller (user_id=,
+ * group_id= as the broker derived the caller, not as the helper claims).
+ */
+static noreturn void given_search_child(int wr, unsigned int minor)
+{
+	struct given_result r = {0};
+	char want[32], *buf = NULL;
+	size_t have = 0, cap = 0;
+	unsigned count = 0;
+	G.role = ROLE_HELPER;
+	snprintf(want, sizeof want, "0:%u", minor);
+	/* our own /proc/PID (this child's), opened before setns: it then lists the caller's mounts */
+	int procself = open("/proc/self", O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (procself < 0 || setns(G.nsfd, CLONE_NEWNS) < 0) {
+		r.err = errno;
+		goto out;
+	}
+	int f = openat(procself, "mountinfo", O_RDONLY | O_CLOEXEC);
+	if (f < 0) {
+		r.err = errno;
+		goto out;
+	}
+	for (;;) {
+		if (have + 4096 + 1 > cap) {
+			if (cap >= (64u << 20)) {
+				r.err = EFBIG;
+				break;
+			}
+			cap = cap ? cap * 2 : 65536;
+			buf = xrealloc(buf, cap);
+		}
+		ssize_t n = read(f, buf + have, cap - have - 1);
+		if (n < 0) {
+			r.err = errno;
+			break;
+		}
+		if (n == 0)
+			break;
+		have += (size_t)n;
+	}
+	close(f);
+	if (r.err)
+		goto out;
+	buf[have] = 0;
+	for (char *line = buf, *nl; *line; line = nl ? nl + 1 : line + strlen(line)) {
+		nl = strchr(line, '\n');
+		if (nl)
+			*nl = 0;
+		/* id parent maj:min root mountpoint mountopts [optional...] - fstype source superopts */
+		char *fld[6] = {0}, *save = NULL, *dash = strstr(line, " - ");
+		char *tok = strtok_r(line, " ", &save);
+		for (int i = 0; i < 6 && tok; i++, tok = strtok_r(NULL, " ", &save))
+			fld[i] = tok;
+		if (!fld[5] || strcmp(fld[2], want) || !dash)
+			continue;
+		char *fstype = dash + 3, *sp = strchr(fstype, ' ');
+		char *super = sp ? strchr(sp + 1, ' ') : NULL;
+		if (sp)
+			*sp = 0;
+		count++;
+		r.id = strtoull(fld[0], NULL, 10);
+		char owner[64];
+		if (strncmp(fstype, "fuse", 4))
+			snprintf(r.why, sizeof r.why, "device 0:%u is a %.40s mount, not FUSE", minor, fstype);
+		else if (!has_token(fld[5], "nosuid") || !has_token(fld[5], "nodev"))
+			snprintf(r.why, sizeof r.why, "the helper's mount lacks nosuid or nodev (%.60s)", fld[5]);
+		else if (snprintf(owner, sizeof owner, "user_id=%u", (unsigned)S.owner_uid), !super || !has_token(super + 1, owner))
+			snprintf(r.why, sizeof r.why, "the helper's mount is not owned by the caller (uid %u): %.80s", (unsigned)S.owner_uid, super ? super + 1 : "");
+		else if (snprintf(owner, sizeof owner, "group_id=%u", (unsigned)S.owner_gid), !has_token(super + 1, owner))
+			snprintf(r.why, sizeof r.why, "the helper's mount is not owned by the caller's group (gid %u): %.80s", (unsigned)S.owner_gid, super + 1);
+	}
+	if (count == 0)
+		snprintf(r.why, sizeof r.why, "FUSE connection %u is not mounted in the caller's mount namespace", minor);
+	else if (count > 1)
+		snprintf(r.why, sizeof r.why, "FUSE connection %u is mounted %u times in the caller's namespace; only one mount is accepted", minor, count);
+out:
+	_exit(write(wr, &r, sizeof r) == sizeof r ? 0 : 1);
+}
+
+static void adopt_given_mount(void)
+{
+	struct stat st;
+	struct given_result r = {.err = -1};
+	int p[2], pidfd;
+	pid_t pid;
+
+	if (fstat(S.fd_fuse, &st) < 0)
+		die_errno("EINTERNAL", "fstat(fuse fd)");
+	if (!S_ISCHR(st.st_mode) || major(st.st_rdev) != 10 || minor(st.st_rdev) != 229)
+		fail("EBADFD_FUSE", "the FUSE descriptor is not /dev/fuse");
+	G.conn_minor = fuse_fd_connection(S.fd_fuse);
+	if (G.conn_minor == 0)
+		fail("EMOUNT_GIVEN", "the /dev/fuse descriptor is not mounted (no fuse_connection in its fdinfo)");
+	if (pipe2(p, O_CLOEXEC) < 0)
+		die_errno("EINTERNAL", "pipe2(mount search)");
+	pid = clone_pidfd(0, &pidfd);
+	if (pid < 0)
+		die_errno("EINTERNAL", "clone3(mount search)");
+	if (pid == 0) {
+		close(p[0]);
+		given_search_child(p[1], G.conn_minor);
+	}
+	close(p[1]);
+	/* reading mountinfo asks no FUSE server, but stay bounded anyway */
+	struct pollfd pp = {.fd = p[0], .events = POLLIN};
+	if (poll(&pp, 1, REAP_BOUND_MS) != 1 || read(p[0], &r, sizeof r) != sizeof r)
+		r.err = -1;
+	close(p[0]);
+	if (r.err == -1)
+		pidfd_send_signal(pidfd, SIGKILL, NULL, 0);
+	if (!reap_within(&pidfd, REAP_BOUND_MS, NULL))
+		close_fd(&pidfd);
+	if (r.err == -1)
+		fail("EINTERNAL", "the mount search in the caller's namespace did not finish");
+	if (r.err > 0) {
+		errno = r.err;
+		die_errno("EMOUNT_GIVEN", "reading the caller's mount table");
+	}
+	/* A mount we found is ours to detach from here on, also if it is refused below. */
+	if (r.id) {
+		G.mnt_id_old = r.id;
+		G.maybe_attached = r.why[0] == 0 || !strstr(r.why, "times");
+	}
+	if (r.why[0]) {
+		r.why[sizeof r.why - 1] = 0;
+		sanitize_line(r.why);
+		fail("EMOUNT_GIVEN", "%s", r.why);
+	}
+	G.devfuse = S.fd_fuse;
+	S.fd_fuse = -1;
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -1585,6 +2048,15 @@ static scmp_filter_ctx build_notify_filter(void)
 		if (r < 0) {
 			errno = -r;
 			die_errno("ESANDBOX", "seccomp_rule_add(notify %s)", calls[i]);
+		}
+	}
+	/* fuse_handover notify: every mount(2) is answered by the launcher, never performed
+	 * (the policy must let it reach this filter; see handle_mount) */
+	if (S.fuse_notify) {
+		r = seccomp_rule_add(ctx, SCMP_ACT_NOTIFY, SCMP_SYS(mount), 0);
+		if (r < 0) {
+			errno = -r;
+			die_errno("ESANDBOX", "seccomp_rule_add(notify mount)");
 		}
 	}
 	return ctx;
@@ -1786,9 +2258,36 @@ static void setup_proc(void)
 		die_errno("ESANDBOX", "mount(proc, hidepid=invisible,subset=pid)");
 }
 
+static void write_root_file(const char *path, const char *text)
+{
+	int fd;
+	size_t n = strlen(text);
+	mkdir_parent(path);
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
+	if (fd < 0)
+		die_errno("ESANDBOX", "create(%s)", path);
+	if (write(fd, text, n) != (ssize_t)n)
+		die_errno("ESANDBOX", "write(%s)", path);
+	if (close(fd) < 0)
+		die_errno("ESANDBOX", "close(%s)", path);
+}
+
+/* root_passwd: servers that ask getpwuid() for their own uid (exfat-fuse) find a name. */
+static void setup_passwd(void)
+{
+	char line[128];
+	if (!S.passwd_name)
+		return;
+	snprintf(line, sizeof line, "%s:x:%u:%u::/:/usr/sbin/nologin\n", S.passwd_name, (unsigned)S.uid, (unsigned)S.gid);
+	write_root_file(NEW_ROOT "/etc/passwd", line);
+	snprintf(line, sizeof line, "%s:x:%u:\n", S.passwd_name, (unsigned)S.gid);
+	write_root_file(NEW_ROOT "/etc/group", line);
+}
+
 /* root_bind / root_dir / root_file, in spec order (after /dev and /tmp exist). */
 static void setup_extras(void)
 {
+	setup_passwd();
 	for (size_t i = 0; i < S.nroots; i++) {
 		const struct root_entry *e = &S.roots[i];
 		char path[PATH_MAX];
@@ -1802,6 +2301,10 @@ static void setup_extras(void)
 			break;
 		case ROOT_FILE:
 			create_file(path, 0644);
+			/* sparse: nothing is copied, but servers that stat() their source path (libzip)
+			 * see its size */
+			if (e->size && truncate(path, (off_t)e->size) < 0)
+				die_errno("ESANDBOX", "truncate(%s, %llu)", path, e->size);
 			break;
 		}
 	}
@@ -1851,9 +2354,17 @@ static void place_fd(int from, int to)
 		die_errno("ESANDBOX", "dup2(%d, %d)", from, to);
 }
 
+/* The transport as the server's stdin and stdout (the parked copy goes at exec: CLOEXEC). */
+static void place_transport(int transport)
+{
+	place_fd(transport, STDIN_FILENO);
+	place_fd(transport, STDOUT_FILENO);
+}
+
 /*
  * Final fd layout of the server: 0 /dev/null, 1+2 the log pipe, fuse_fd the FUSE fd,
- * 3 the unit connection (listen_env). Everything else is marked close-on-exec, so the
+ * 3 the unit connection (listen_env); with fd transport, 0+1 the transport (sshfs -o passive
+ * speaks SFTP on its stdin and stdout) and 2 alone the log. Everything else is marked close-on-exec, so the
  * error pipe and the listener socket keep working until the exec itself.
  */
 static void arrange_fds(struct child_fds *c)
@@ -1863,12 +2374,14 @@ static void arrange_fds(struct child_fds *c)
 	G.sandbox_err_fd = c->err_wr = park_fd(c->err_wr);
 	if (S.sentinel)
 		c->sock_child = park_fd(c->sock_child);
-	if (S.mount_fuse)
+	if (S.mount_fuse && !S.fuse_notify)
 		fuse = park_fd(G.devfuse);
 	if (S.listen_env)
 		conn = park_fd(S.fd_conn);
-
-	place_fd(log_wr, STDOUT_FILENO);
+	if (S.fd_transport >= 0)
+		place_transport(park_fd(S.fd_transport));
+	else
+		place_fd(log_wr, STDOUT_FILENO);
 	place_fd(log_wr, STDERR_FILENO);
 	if (conn >= 0) {
 		place_fd(conn, 3);
@@ -2193,8 +2706,14 @@ static void start_sandbox(void)
 	if (S.sentinel && G.notify_fd < 0)
 		fail("ESANDBOX", "no seccomp listener from the sandbox");
 	/* The server holds the FUSE fd now. If we kept a copy, a dead server would leave a
-	 * hung mount instead of one that answers ENOTCONN. */
-	close_fd(&G.devfuse);
+	 * hung mount instead of one that answers ENOTCONN. (fuse_handover notify: it is handed
+	 * at the server's open of /dev/fuse, and closed here then.) */
+	if (!S.fuse_notify)
+		close_fd(&G.devfuse);
+	/* Only the server may hold the sandbox end of a transport: with our copy open, the
+	 * caller's side would never see the server end, and a dead server would leave it waiting. */
+	if (S.fd_transport >= 0)
+		close_fd(&S.fd_transport);
 	state_write();
 }
 
@@ -2221,9 +2740,23 @@ static noreturn void checker_child(int wr)
 	struct check_result r = {0};
 	struct statfs sf;
 	struct statx stx;
-	int keep[2] = {G.mntfd < wr ? G.mntfd : wr, G.mntfd < wr ? wr : G.mntfd};
 
 	G.role = ROLE_HELPER;
+	if (S.mount_given) {
+		/* No descriptor of a mount the helper made: reach it by its id in the caller's
+		 * namespace (find_own_mount checks the id of what the path reached). */
+		int procself = open("/proc/self", O_PATH | O_DIRECTORY | O_CLOEXEC);
+		if (procself < 0 || setns(G.nsfd, CLONE_NEWNS) < 0) {
+			r.stage = CHECK_SETNS, r.err = errno;
+			_exit(write(wr, &r, sizeof r) == sizeof r ? 0 : 1);
+		}
+		G.mntfd = find_own_mount(procself);
+		if (G.mntfd < 0) {
+			r.stage = CHECK_SETNS, r.err = -G.mntfd;
+			_exit(write(wr, &r, sizeof r) == sizeof r ? 0 : 1);
+		}
+	}
+	int keep[2] = {G.mntfd < wr ? G.mntfd : wr, G.mntfd < wr ? wr : G.mntfd};
 	if (close_fds_except(keep, 2, 0) < 0 ||
 	    setresgid(S.owner_gid, S.owner_gid, S.owner_gid) < 0 ||
 	    setresuid(S.owner_uid, S.owner_uid, S.owner_uid) < 0 ||
@@ -2420,37 +2953,118 @@ static void abort_connection(void)
 	struct statx stx;
 	char path[80];
 	close_fd(&G.devfuse);
-	if (G.mntfd < 0 ||
-	    statx(G.mntfd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, 0, &stx) < 0)
+	unsigned int minor = G.conn_minor;
+	if (G.mntfd >= 0 && statx(G.mntfd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, 0, &stx) == 0)
+		minor = stx.stx_dev_minor;
+	if (minor == 0)
 		return;
-	snprintf(path, sizeof path, "/sys/fs/fuse/connections/%u/abort", stx.stx_dev_minor);
+	snprintf(path, sizeof path, "/sys/fs/fuse/connections/%u/abort", minor);
 	int fd = open(path, O_WRONLY | O_CLOEXEC);
 	if (fd < 0)
 		return;  /* fusectl not mounted: killing the server is what ends the connection */
 	if (write(fd, "1", 1) != 1)
 		logmsg("write(%s): %s", path, strerror(errno));
 	else
-		logmsg("FUSE connection %u aborted", stx.stx_dev_minor);
+		logmsg("FUSE connection %u aborted", minor);
 	close(fd);
 }
 
 /*
- * Detach the mount in the caller's namespace without resolving any path there (a hostile
- * caller could have planted a fake /proc): /proc/self/fd is opened first, in our own
- * namespace, and the mount is named by our own fd number relative to it.
+ * Detaching, in a helper that enters the caller's mount namespace. Before ready the mount is
+ * reached through our fsmount descriptor. After ready we hold none (see G.mntfd), so the
+ * mount is found by its id: the line of our own /proc/PID/mountinfo (opened through the /proc
+ * of our namespace, never the caller's, which it could fake; it lists the namespace we are in)
+ * whose first field is mnt_id_old gives its mount point; the path is opened without
+ * following links and taken only if fdinfo says the mount it reached is that one. A mount
+ * point the caller covered with another mount, or moved and replaced, is left alone (exit
+ * ESTALE): the wrong mount is never detached.
  */
-static noreturn void detacher_child(void)
+static int find_own_mount(int procself)
+{
+	char buf[8192], want[32], path[PATH_MAX];
+	int f = openat(procself, "mountinfo", O_RDONLY | O_CLOEXEC);
+	if (f < 0)
+		return -errno;
+	snprintf(want, sizeof want, "%llu ", G.mnt_id_old);
+	size_t have = 0;
+	int found = -ESRCH;
+	for (;;) {
+		ssize_t n = read(f, buf + have, sizeof buf - 1 - have);
+		if (n <= 0)
+			break;
+		have += (size_t)n;
+		buf[have] = 0;
+		char *line = buf, *nl;
+		while ((nl = strchr(line, '\n'))) {
+			*nl = 0;
+			if (strncmp(line, want, strlen(want)) == 0) {
+				/* fields: id parent major:minor root mountpoint ... (octal escapes) */
+				char *mp = line;
+				for (int i = 0; i < 4 && mp; i++)
+					mp = strchr(mp + 1, ' ');
+				size_t k = 0;
+				for (char *q = mp ? mp + 1 : NULL; q && *q && *q != ' ' && k < sizeof path - 1; q++) {
+					if (q[0] == '\\' && q[1] >= '0' && q[1] <= '3' && q[2] >= '0' && q[2] <= '7' && q[3] >= '0' && q[3] <= '7') {
+						path[k++] = (char)((q[1] - '0') * 64 + (q[2] - '0') * 8 + (q[3] - '0'));
+						q += 3;
+					} else {
+						path[k++] = *q;
+					}
+				}
+				path[k] = 0;
+				found = k ? 0 : -EINVAL;
+				break;
+			}
+			line = nl + 1;
+		}
+		if (found != -ESRCH)
+			break;
+		/* keep the unfinished line for the next read */
+		have = strlen(line);
+		memmove(buf, line, have);
+		if (have >= sizeof buf - 1)
+			have = 0; /* a line longer than the buffer is not ours (ours is short) */
+	}
+	close(f);
+	if (found < 0)
+		return found;
+	int fd = open(path, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	/* Which mount the path reached, from fdinfo (through our /proc): statx would ask FUSE,
+	 * which answers nobody but the owner of a mount without allow_other. */
+	char info[512], name[32];
+	snprintf(name, sizeof name, "fdinfo/%d", fd);
+	f = openat(procself, name, O_RDONLY | O_CLOEXEC);
+	ssize_t n = f < 0 ? -1 : read(f, info, sizeof info - 1);
+	if (f >= 0)
+		close(f);
+	char *p = n > 0 ? (info[n] = 0, strstr(info, "mnt_id:")) : NULL;
+	if (!p || strtoull(p + 7, NULL, 10) != G.mnt_id_old) {
+		close(fd);
+		return -ESTALE;
+	}
+	return fd;
+}
+
+static noreturn void detacher_child(int nsfd)
 {
 	char name[16];
-	int fddir;
+	int fddir, procself, fd;
 	G.role = ROLE_HELPER;
 	close_fd(&G.lockfd);
 	fddir = open("/proc/self/fd", O_PATH | O_DIRECTORY | O_CLOEXEC);
-	if (fddir < 0)
+	procself = open("/proc/self", O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (fddir < 0 || procself < 0)
 		_exit(errno);
-	if (setns(G.nsfd, CLONE_NEWNS) < 0 || fchdir(fddir) < 0)
+	if (setns(nsfd, CLONE_NEWNS) < 0 || fchdir(fddir) < 0)
 		_exit(errno);
-	snprintf(name, sizeof name, "%d", G.mntfd);
+	fd = G.mntfd >= 0 ? G.mntfd : find_own_mount(procself);
+	if (fd == -ESRCH)
+		_exit(EINVAL); /* not in the caller's namespace any more: already unmounted */
+	if (fd < 0)
+		_exit(-fd);
+	snprintf(name, sizeof name, "%d", fd);
 	if (umount2(name, MNT_DETACH) < 0)
 		_exit(errno);
 	_exit(0);
@@ -2458,19 +3072,33 @@ static noreturn void detacher_child(void)
 
 static void detach_mount(void)
 {
-	int pidfd;
+	int pidfd, nsfd;
 	pid_t pid;
 	siginfo_t si;
 
-	if (!G.maybe_attached || G.mntfd < 0 || G.nsfd < 0)
+	if (!G.maybe_attached || (G.nsfd < 0 && !G.ns_by_handle) || (G.mntfd < 0 && G.mnt_id_old == 0))
 		return;
+	nsfd = caller_mntns_open();
+	if (nsfd == -ESTALE) {
+		G.ns_gone = true;
+		G.maybe_attached = false;
+		G.detached = true; /* nothing of ours can be left mounted in a namespace that is gone */
+		logmsg("detach: the caller's mount namespace has ended, and the mount with it");
+		return;
+	}
+	if (nsfd < 0) {
+		logmsg("detach: open_by_handle_at(caller mount namespace): %s; the mount is left", strerror(-nsfd));
+		return;
+	}
 	pid = clone_pidfd(0, &pidfd);
 	if (pid < 0) {
 		logmsg("clone3(detacher): %s", strerror(errno));
+		close(nsfd);
 		return;
 	}
 	if (pid == 0)
-		detacher_child();
+		detacher_child(nsfd);
+	close(nsfd);
 	/* umount2(MNT_DETACH) asks no server, but stay bounded anyway */
 	if (!reap_within(&pidfd, REAP_BOUND_MS, &si)) {
 		close_fd(&pidfd);
@@ -2478,13 +3106,22 @@ static void detach_mount(void)
 	}
 	else if (si.si_code != CLD_EXITED)
 		logmsg("detach: helper killed by signal %d", si.si_status);
-	else if (si.si_status == EINVAL)
+	else if (si.si_status == EINVAL) {
 		logmsg("detach: not mounted in the caller's namespace (already unmounted)");
+		G.detached = true;
+	} else if (si.si_status == ESTALE)
+		logmsg("detach: the mount point now shows another mount (covered or replaced); ours is left to end with its last user");
 	else if (si.si_status != 0)
 		logmsg("detach: umount2: %s", strerror(si.si_status));
-	else
+	else {
 		logmsg("detached the mount in the caller's namespace");
+		G.detached = true;
+	}
 	G.maybe_attached = false;
+	/* Said at once: a launcher killed after this (while its server flushes) left no dead
+	 * mount, and the broker must not list one for its owner to remove (fault runs). */
+	if (G.detached && G.phase != PHASE_STARTING)
+		state_write();
 }
 
 /* Everything that must not outlive a failed start: helpers, server, mount, fds. */
@@ -2583,6 +3220,100 @@ static void notify_respond(uint64_t id, int error, uint32_t flags)
  * A read-write open of a read-only source fails EROFS rather than quietly getting a
  * read-only fd (the server should learn at open time, not at its first write).
  */
+/*
+ * fuse_handover notify, the open of /dev/fuse: the server gets the descriptor of the mount the
+ * launcher already made, once; the launcher drops its own copy then (a dead server must leave
+ * a mount that answers ENOTCONN). Any later open of /dev/fuse fails ENODEV.
+ */
+static void hand_fuse(const struct seccomp_notif *req, uint64_t flags)
+{
+	if (G.devfuse < 0) {
+		notify_respond(req->id, ENODEV, 0);
+		return;
+	}
+	if (ioctl(G.notify_fd, SECCOMP_IOCTL_NOTIF_ID_VALID, &req->id) < 0) {
+		if (errno != ENOENT)
+			notify_respond(req->id, EIO, 0);
+		return;
+	}
+	struct seccomp_notif_addfd addfd = {
+		.id = req->id,
+		.flags = SECCOMP_ADDFD_FLAG_SEND,
+		.srcfd = (uint32_t)G.devfuse,
+		.newfd_flags = (uint32_t)(flags & O_CLOEXEC),
+	};
+	int fd = ioctl(G.notify_fd, SECCOMP_IOCTL_NOTIF_ADDFD, &addfd);
+	if (fd < 0) {
+		int err = errno;
+		if (err != ENOENT) {
+			logmsg("SECCOMP_IOCTL_NOTIF_ADDFD(/dev/fuse): %s", strerror(err));
+			notify_respond(req->id, err, 0);
+		}
+		return;
+	}
+	G.fuse_handed = fd;
+	close_fd(&G.devfuse);
+	logmsg("FUSE descriptor handed to the server at its open of /dev/fuse (fd %d)", fd);
+}
+
+/* Whether the mount(2) data string names fd=N for the descriptor we handed. */
+static bool data_names_handed_fd(const char *data)
+{
+	char want[32];
+	size_t n = (size_t)snprintf(want, sizeof want, "fd=%d", G.fuse_handed);
+	for (const char *p = data; *p;) {
+		const char *comma = strchr(p, ',');
+		size_t len = comma ? (size_t)(comma - p) : strlen(p);
+		if (len == n && !memcmp(p, want, n))
+			return true;
+		if (!comma)
+			break;
+		p = comma + 1;
+	}
+	return false;
+}
+
+/*
+ * fuse_handover notify, mount(2): the FUSE mount already exists (the launcher made it with
+ * the broker's options), so a FUSE mount carrying the handed descriptor is answered as done,
+ * without doing anything. Everything else is refused EPERM. Never CONTINUE: the kernel
+ * performs no mount for the server.
+ */
+static void handle_mount(const struct seccomp_notif *req)
+{
+	char type[64], data[PATH_MAX];
+	bool type_ok = req->data.args[2] && read_remote_string(req->pid, req->data.args[2], type, sizeof type);
+	/* fuseblk too (exfat-fuse asks for it): nothing is mounted either way, and the mount that
+	 * exists keeps the broker's options, not the server's (allow_other, blkdev... are moot) */
+	bool fuse_type = type_ok && (!strcmp(type, "fuse") || !strncmp(type, "fuse.", 5) ||
+				     !strcmp(type, "fuseblk") || !strncmp(type, "fuseblk.", 8));
+	bool ours = fuse_type && G.fuse_handed >= 0 && req->data.args[4] &&
+		    read_remote_string(req->pid, req->data.args[4], data, sizeof data) &&
+		    data_names_handed_fd(data);
+	if (ioctl(G.notify_fd, SECCOMP_IOCTL_NOTIF_ID_VALID, &req->id) < 0)
+		return;
+	if (!ours) {
+		/* what it asked for, printable only (the strings are the server's) */
+		if (!type_ok)
+			snprintf(type, sizeof type, "?");
+		if (!req->data.args[4] || !read_remote_string(req->pid, req->data.args[4], data, sizeof data))
+			snprintf(data, sizeof data, "?");
+		data[96] = '\0';
+		for (char *c = type; *c; c++)
+			if (*c < 0x20 || *c > 0x7e)
+				*c = '?';
+		for (char *c = data; *c; c++)
+			if (*c < 0x20 || *c > 0x7e)
+				*c = '?';
+		logmsg("mount(2) by the server refused (EPERM): not a FUSE mount of the handed descriptor (fd %d): type %s, data %s",
+		       G.fuse_handed, type, data);
+		notify_respond(req->id, EPERM, 0);
+		return;
+	}
+	logmsg("the server's FUSE mount(2) answered as done (the mount exists already)");
+	notify_respond(req->id, 0, 0);
+}
+
 static void handle_notification(void)
 {
 	struct seccomp_notif req;
@@ -2608,11 +3339,19 @@ static void handle_notification(void)
 		path_arg = req.data.args[1];
 		if (process_vm_readv(req.pid, &local, 1, &remote, 1, 0) != sizeof flags)
 			flags = 0;
+	} else if (S.fuse_notify && req.data.nr == G.nr_mount) {
+		handle_mount(&req);
+		return;
 	} else {
 		notify_respond(req.id, 0, SECCOMP_USER_NOTIF_FLAG_CONTINUE);
 		return;
 	}
 
+	if (S.fuse_notify && read_remote_string(req.pid, path_arg, path, sizeof path) &&
+	    !strcmp(path, "/dev/fuse")) {
+		hand_fuse(&req, flags);
+		return;
+	}
 	if (!read_remote_string(req.pid, path_arg, path, sizeof path) ||
 	    strcmp(path, S.sentinel) != 0) {
 		notify_respond(req.id, 0, SECCOMP_USER_NOTIF_FLAG_CONTINUE);
@@ -2765,6 +3504,8 @@ static noreturn void finish(int status)
 	}
 	logmsg("%s", G.reason);
 	set_phase(PHASE_EXITED);
+	step("end");
+	steps_log();
 	exit_leaving_source(status);
 }
 
@@ -2776,6 +3517,7 @@ static void on_server_exit(void)
 	if (waitid((idtype_t)P_PIDFD, (id_t)G.server_pidfd, &si, WEXITED | WNOHANG) < 0 || si.si_pid == 0)
 		return;
 	close_fd(&G.server_pidfd);
+	step("server_exit");
 	describe_exit(&si, what, sizeof what);
 
 	switch (G.phase) {
@@ -2792,7 +3534,10 @@ static void on_server_exit(void)
 		/* a crash must not leave an ENOTCONN mount behind: detach at once */
 		detach_mount();
 		close_fd(&G.mntfd);
-		snprintf(G.reason, sizeof G.reason, "%s", what);
+		if (G.ns_gone)
+			snprintf(G.reason, sizeof G.reason, "the caller's mount namespace ended; %s", what);
+		else
+			snprintf(G.reason, sizeof G.reason, "%s", what);
 		finish(EXIT_ENDED);
 	case PHASE_STOPPING:
 		if (G.exit_code == 0)
@@ -2836,24 +3581,42 @@ static void on_checker_done(void)
 	case CHECK_CREDS:
 		errno = r.err;
 		die_errno("EINTERNAL", "ready checker: becoming the mount owner");
+	case CHECK_SETNS:
+		errno = r.err;
+		die_errno("EMOUNT_GIVEN", "ready checker: finding the helper's mount in the caller's namespace");
 	default:
 		fail("EINTERNAL", "ready checker died (status %d)", si.si_status);
 	}
 	G.ready_deadline = 0;
 	G.mnt_id = r.mnt_id;
 
-	err = run_attacher(&what);
-	if (err) {
-		errno = err;
-		die_errno("EATTACH", "%s", what);
+	if (!S.mount_given) {
+		err = run_attacher(&what);
+		if (err) {
+			errno = err;
+			die_errno("EATTACH", "%s", what);
+		}
 	}
-	/* The caller's fds did their job; the pinned namespace stays for the detach. */
+	/* The caller's fds did their job; the namespace is kept by name only (unpin_caller_mntns). */
 	close_fd(&S.fd_target);
 	close_fd(&S.fd_caller_pidfd);
+	unpin_caller_mntns();
+	/* Before the state says running: a broker that died before our readiness line reads the
+	 * mount ids from the state file to adopt the instance (unmount by path needs the old id).
+	 * A given mount: both came from the search, and we never held a descriptor of it. */
+	if (!S.mount_given) {
+		G.mnt_id_old = fdinfo_mnt_id(G.mntfd);
+		struct statx stx;
+		if (statx(G.mntfd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, 0, &stx) == 0)
+			G.conn_minor = stx.stx_dev_minor;
+	}
+	/* From here the mount is the caller's: umount(8), umount -l or fusermount3 -u end the
+	 * instance (the server sees its connection go); a stop finds it again by its id. */
+	close_fd(&G.mntfd);
 	set_phase(PHASE_RUNNING);
-	unsigned long long old_id = fdinfo_mnt_id(G.mntfd);
-	readiness("ready\t%d\t%llu\t%llu", (int)G.server_pid, (unsigned long long)G.mnt_id, old_id);
-	logmsg("ready: server pid %d, mount id %llu (%llu)", (int)G.server_pid, (unsigned long long)G.mnt_id, old_id);
+	step("ready");
+	readiness("ready\t%d\t%llu\t%llu", (int)G.server_pid, (unsigned long long)G.mnt_id, G.mnt_id_old);
+	logmsg("ready: server pid %d, mount id %llu (%llu)", (int)G.server_pid, (unsigned long long)G.mnt_id, G.mnt_id_old);
 }
 
 static int64_t stop_end;       /* PHASE_STOPPING: when SIGKILL goes, at the latest */
@@ -2862,6 +3625,7 @@ static int64_t abandon_deadline; /* after SIGKILL: a server whose exit is stuck 
 /* SIGTERM/SIGINT/SIGHUP: unmount, then let the server finish (docs/launcher.md). */
 static void begin_stop(int signo)
 {
+	step("stop");
 	if (G.phase == PHASE_STARTING)
 		fail("EINTERNAL", "stopped by signal %d before ready", signo);
 	if (G.phase == PHASE_STOPPING) {
@@ -2984,14 +3748,24 @@ static int instance_main(bool pooled, char **cgroups, size_t ncgroups)
 		/* Tell the broker we are in our cgroups: only now may it rename them and use us. */
 		if (send(3, "joined", 6, MSG_NOSIGNAL) != 6)
 			pool_leave(); /* the broker is gone already */
+		step("pooled");
 		spec_receive(3);
 		if (S.ncgroups && !S.cgroup_joined)
 			spec_error("a pooled launcher's spec must say cgroup_joined 1");
 	} else {
 		spec_read(3);
+		/* it would skip joining them: the server would run outside its limits */
+		if (S.cgroup_joined)
+			spec_error("cgroup_joined 1 is for a pooled launcher only");
 	}
+	step("spec");
+	read_start_time();
 	rundir_open_and_lock();
 	state_write();
+	step("rundir");
+	/* Fail closed: the server inherits our cgroups, so they must be the spec's, all of them. */
+	if (pooled && S.cgroup_joined)
+		check_cgroups_joined();
 	launcher_setup_process();
 	G.cap_last = read_cap_last_cap();
 
@@ -3001,10 +3775,15 @@ static int instance_main(bool pooled, char **cgroups, size_t ncgroups)
 			die_errno("EINTERNAL", "fcntl(source, F_GETFL)");
 		G.source_accmode = fl & O_ACCMODE;
 	}
-	if (S.mount_fuse) {
+	if (S.mount_given) {
+		pin_caller_mntns();
+		adopt_given_mount();
+		logmsg("FUSE mount given: connection %u, mount id %llu in the caller's namespace", G.conn_minor, G.mnt_id_old);
+	} else if (S.mount_fuse) {
 		pin_caller_mntns();
 		create_fuse_mount();
 		logmsg("FUSE mount created");
+		step("mount");
 	}
 	/* libseccomp probes the kernel once; do it here, not after the notify filter is on */
 	seccomp_api_get();
@@ -3015,9 +3794,12 @@ static int instance_main(bool pooled, char **cgroups, size_t ncgroups)
 		G.nr_open = seccomp_syscall_resolve_name("open");
 		G.nr_openat = seccomp_syscall_resolve_name("openat");
 		G.nr_openat2 = seccomp_syscall_resolve_name("openat2");
+		G.nr_mount = seccomp_syscall_resolve_name("mount");
 	}
 
+	step("seccomp");
 	start_sandbox();
+	step("sandbox");
 	logmsg("server started, pid %d", (int)G.server_pid);
 	if (S.mount_fuse) {
 		start_checker();

@@ -24,14 +24,16 @@
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
-#include <spawn.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/close_range.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
@@ -39,6 +41,7 @@
 #include <sys/sysmacros.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 /* Newer than Debian bookworm's headers. */
@@ -368,6 +371,48 @@ static int sys_pidfd_open(pid_t pid, unsigned int flags) {
 }
 
 /*
+ * Before Linux 6.5 the peer's pidfd comes from pidfd_open(SO_PEERCRED's pid), and that pid may
+ * have been reused since the connect. The process behind the pidfd is taken for the caller only
+ * if it started before the accept (a process started later cannot have connected), runs with
+ * the uid SO_PEERCRED gave, and is still the pidfd's process after /proc was read (so what was
+ * read is its). What is left: the caller exits between connect and accept and a process of the
+ * same uid, started before the accept, takes its pid; it gains nothing its uid does not have.
+ */
+static bool peer_pid_is_caller(int pidfd, const struct ucred *cred, unsigned long long accepted_ticks) {
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)cred->pid);
+    int f = open(path, O_RDONLY | O_CLOEXEC);
+    if (f < 0)
+        return false;
+    ssize_t n = read(f, buf, sizeof buf - 1);
+    close(f);
+    if (n <= 0)
+        return false;
+    buf[n] = 0;
+    /* Field 22 (starttime, clock ticks since boot) counts from after the ")" that ends comm. */
+    char *p = strrchr(buf, ')');
+    unsigned long long start = 0;
+    for (int field = 2; p && field < 22; field++)
+        p = strchr(p + 1, ' ');
+    if (!p || sscanf(p + 1, "%llu", &start) != 1 || start > accepted_ticks)
+        return false;
+    snprintf(path, sizeof path, "/proc/%d/status", (int)cred->pid);
+    f = open(path, O_RDONLY | O_CLOEXEC);
+    if (f < 0)
+        return false;
+    n = read(f, buf, sizeof buf - 1);
+    close(f);
+    if (n <= 0)
+        return false;
+    buf[n] = 0;
+    char *uid_line = strstr(buf, "\nUid:");
+    unsigned long real_uid;
+    if (!uid_line || sscanf(uid_line + 5, "%lu", &real_uid) != 1 || real_uid != (unsigned long)cred->uid)
+        return false;
+    return syscall(SYS_pidfd_send_signal, pidfd, 0, NULL, 0) == 0;
+}
+
+/*
  * accept(fd, nonblock) -> { fd, uid, gid, pid, pidfd, pidfdSource, pidfdError } | null.
  * pid is SO_PEERCRED's, as seen from this pid namespace: 0 when the peer lives in a pid
  * namespace we cannot see into. The pidfd comes from SO_PEERPIDFD (it names the very process
@@ -403,7 +448,16 @@ static napi_value Accept(napi_env env, napi_callback_info info) {
     int pidfd = -1;
     const char *source = "none", *pidfd_error = NULL;
     len = sizeof pidfd;
-    if (getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &len) == 0 && pidfd >= 0) {
+    struct timespec now;
+    clock_gettime(CLOCK_BOOTTIME, &now);
+    unsigned long long accepted_ticks = (unsigned long long)now.tv_sec * (unsigned long long)sysconf(_SC_CLK_TCK) +
+                                        (unsigned long long)now.tv_nsec * (unsigned long long)sysconf(_SC_CLK_TCK) / 1000000000ULL;
+    /* FUSE_SVC_NO_PEERPIDFD=1 takes the pre-6.5 path on any kernel (tests, docs/security.md). */
+    const char *no_peerpidfd = getenv("FUSE_SVC_NO_PEERPIDFD");
+    bool forced_fallback = no_peerpidfd && strcmp(no_peerpidfd, "1") == 0;
+    if (forced_fallback)
+        errno = ENOPROTOOPT;
+    if (!forced_fallback && getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &len) == 0 && pidfd >= 0) {
         source = "SO_PEERPIDFD";
     } else {
         int err = errno;
@@ -411,7 +465,11 @@ static napi_value Accept(napi_env env, napi_callback_info info) {
         pidfd_error = errno_name(err);
         if ((err == ENOPROTOOPT || err == EINVAL) && cred.pid > 0) {
             pidfd = sys_pidfd_open(cred.pid, 0);
-            if (pidfd >= 0) {
+            if (pidfd >= 0 && !peer_pid_is_caller(pidfd, &cred, accepted_ticks)) {
+                close(pidfd);
+                pidfd = -1;
+                pidfd_error = "EPIDREUSED";
+            } else if (pidfd >= 0) {
                 source = "pidfd_open";
                 pidfd_error = NULL;
             } else {
@@ -487,6 +545,36 @@ static napi_value Send(napi_env env, napi_callback_info info) {
     return make_int(env, n);
 }
 
+/* -------------------------------------------------- descriptors below LOW_FDS */
+
+/*
+ * Descriptors callers send never take a number below LOW_FDS: every free slot there holds a
+ * /dev/null placeholder, refilled before each recvmsg. spawn_clean relies on it: the kernel
+ * copies a descriptor table in whole words of 64 (dup_fd rounds its size up to BITS_PER_LONG),
+ * so a child can drop the broker's table without a copy only from 64 up; the slots below are
+ * then the broker's own descriptors (Node's, sockets, pipes), whose close never waits on a
+ * caller's FUSE server.
+ */
+#define LOW_FDS 64
+static int placeholder_fd = -1;
+
+static void reserve_low_fds(void) {
+    if (placeholder_fd < 0) {
+        placeholder_fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+        if (placeholder_fd < 0)
+            return;
+    }
+    for (;;) {
+        int f = fcntl(placeholder_fd, F_DUPFD_CLOEXEC, 0);
+        if (f < 0)
+            return;
+        if (f >= LOW_FDS) {
+            close(f);
+            return;
+        }
+    }
+}
+
 /* -------------------------------------------------- dropping a caller's descriptors */
 
 /*
@@ -500,14 +588,34 @@ static napi_value Send(napi_env env, napi_callback_info info) {
  * exiting; a stuck child only keeps the shared table alive until its server answers. No
  * CLONE_VM: the child runs on a copy of the memory and only makes raw syscalls.
  * Each child is remembered with a tag (the caller's uid) so the broker can bound how many a
- * caller keeps stuck (closersAlive).
+ * caller keeps stuck (closersAlive). With a share set (setCloserShare), a tag never has more
+ * than that many children: the descriptors it drops beyond them wait in `pending` (still open
+ * in our table, untouched) until one of its children ends; so a caller that repeats the trick
+ * holds at most `share` processes, and the broker refuses its new connections meanwhile.
  */
 #define MAX_CLOSERS 4096
+#define MAX_PENDING 65536
 static struct {
     int pidfd;
     int64_t tag;
 } closers[MAX_CLOSERS];
 static size_t n_closers;
+static struct {
+    int fd;
+    int64_t tag;
+} waiting[MAX_PENDING];
+static size_t n_waiting;
+static int64_t closer_share; /* 0: no share */
+
+static size_t closers_of(int64_t tag) {
+    size_t count = 0;
+    for (size_t i = 0; i < n_closers; i++)
+        if (tag < 0 || closers[i].tag == tag)
+            count++;
+    return count;
+}
+
+static int closer_start(const int *fds, size_t n, int64_t tag);
 
 /* Reaps closers that finished; the rest stay listed. */
 static void closers_reap(void) {
@@ -523,6 +631,32 @@ static void closers_reap(void) {
         closers[k++] = closers[i];
     }
     n_closers = k;
+    /* Give waiting descriptors to a new child of their tag where the tag has room. */
+    for (size_t i = 0; i < n_waiting;) {
+        int64_t tag = waiting[i].tag;
+        if (closer_share > 0 && (int64_t)closers_of(tag) >= closer_share) {
+            i++;
+            continue;
+        }
+        int batch[SCM_MAX_FD];
+        size_t nb = 0, keep = 0;
+        for (size_t j = 0; j < n_waiting; j++) {
+            if (waiting[j].tag == tag && nb < SCM_MAX_FD)
+                batch[nb++] = waiting[j].fd;
+            else
+                waiting[keep++] = waiting[j];
+        }
+        if (closer_start(batch, nb, tag) != 0) {
+            /* No child now (process limit): put them back and try at the next reap. */
+            for (size_t j = 0; j < nb; j++) {
+                waiting[n_waiting - nb + j].fd = batch[j];
+                waiting[n_waiting - nb + j].tag = tag;
+            }
+            return;
+        }
+        n_waiting = keep;
+        i = 0;
+    }
 }
 
 /* Remembers a closer (the caller checked there is room). */
@@ -563,6 +697,21 @@ static int drop_fds(const int *fds, size_t n, int64_t tag) {
     if (nslow == 0)
         return 0;
     closers_reap();
+    if (closer_share > 0 && (int64_t)closers_of(tag) >= closer_share) {
+        if (n_waiting + nslow > MAX_PENDING)
+            return EAGAIN;
+        for (size_t i = 0; i < nslow; i++) {
+            waiting[n_waiting].fd = slow[i];
+            waiting[n_waiting].tag = tag;
+            n_waiting++;
+        }
+        return 0;
+    }
+    return closer_start(slow, nslow, tag);
+}
+
+/* A CLONE_FILES child closing fds[0..n) (see above); 0 or an errno, the fds open on failure. */
+static int closer_start(const int *slow, size_t nslow, int64_t tag) {
     if (n_closers >= MAX_CLOSERS)
         return EAGAIN;
     int pidfd = -1;
@@ -619,11 +768,25 @@ static napi_value ClosersAlive(napi_env env, napi_callback_info info) {
     if (!get_args(env, info, 1, argv) || !get_int(env, argv[0], "closersAlive", "tag", -1, INT64_MAX / 2, &tag))
         return NULL;
     closers_reap();
-    int64_t count = 0;
-    for (size_t i = 0; i < n_closers; i++)
-        if (tag < 0 || closers[i].tag == tag)
-            count++;
-    return make_int(env, count);
+    return make_int(env, (int64_t)closers_of(tag));
+}
+
+/* closersPending() -> descriptors waiting for a closer of their tag (a reap starts them). */
+static napi_value ClosersPending(napi_env env, napi_callback_info info) {
+    (void)info;
+    closers_reap();
+    return make_int(env, (int64_t)n_waiting);
+}
+
+/* setCloserShare(n): at most n closers (and statfs children) per tag; 0 for no share. */
+static napi_value SetCloserShare(napi_env env, napi_callback_info info) {
+    napi_value argv[1], out;
+    int64_t n;
+    if (!get_args(env, info, 1, argv) || !get_int(env, argv[0], "setCloserShare", "n", 0, MAX_CLOSERS, &n))
+        return NULL;
+    closer_share = n;
+    napi_get_undefined(env, &out);
+    return out;
 }
 
 /*
@@ -642,6 +805,9 @@ static napi_value FstatfsStart(napi_env env, napi_callback_info info) {
     closers_reap();
     if (n_closers >= MAX_CLOSERS)
         return throw_errno(env, "clone3", EAGAIN);
+    /* The tag's share is used up (its earlier ones wait on a server): EDQUOT, refuse. */
+    if (closer_share > 0 && (int64_t)closers_of(tag) >= closer_share)
+        return throw_errno(env, "fstatfsStart", EDQUOT);
     if (pipe2(p, O_CLOEXEC | O_NONBLOCK) < 0)
         return throw_errno(env, "pipe2", errno);
     int pidfd = -1;
@@ -704,6 +870,7 @@ static napi_value Recv(napi_env env, napi_callback_info info) {
         msg.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)max_fds);
     }
     ssize_t n;
+    reserve_low_fds(); /* whatever arrives lands at LOW_FDS or above (see there) */
     do
         n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
     while (n < 0 && errno == EINTR);
@@ -1238,33 +1405,187 @@ static napi_value DupCloexec(napi_env env, napi_callback_info info) {
 #define SPAWN_ARG_MAX 4096
 
 /*
- * spawnDetached(path, args, fds) -> pid: posix_spawn (vfork-style, so the cost does not grow
- * with the broker's heap as Node's fork() does) of `path` with argv `args`, an empty
- * environment, its own session, default signal handling, and exactly the descriptors `fds`
- * at 0, 1, 2, ... (-1 = /dev/null); every other descriptor is closed in the child. The
- * caller reaps it (pidfdReap): Node does not know this child.
+ * spawnDetached(path, args, fds) -> pid: starts `path` with argv `args`, an empty environment,
+ * its own session, default signal handling, and exactly the descriptors `fds` at 0, 1, 2, ...
+ * (-1 = /dev/null). The caller reaps it (pidfdReap): Node does not know this child.
+ *
+ * Why not posix_spawn or fork: a child starts with a copy of the broker's descriptor table,
+ * which may hold descriptors callers sent (files on a FUSE filesystem the caller runs and can
+ * SIGSTOP). Closing the copies, at exec for close-on-exec ones or by closefrom, sends FUSE_FLUSH
+ * and waits uninterruptibly for that server; posix_spawn (CLONE_VFORK) would make the broker
+ * wait with it. So the child never holds a copy of anything but what it is given:
+ *   1. the descriptors to give travel in one SCM_RIGHTS message on a fresh socketpair (in
+ *      flight they belong to the socket, and a dropped message releases them without a flush);
+ *   2. for the moment of the clone, the broker's fd 0 is that socket (restored right after);
+ *   3. the child, sharing the table (CLONE_FILES), calls close_range(LOW_FDS, ~0, UNSHARE):
+ *      the kernel gives it a new table with copies of 0..LOW_FDS-1 only, without closing
+ *      anything (the rest is simply not taken: no close, no flush); those are the broker's
+ *      own (reserve_low_fds keeps callers' above), so closing all but fd 0 is safe;
+ *   4. it receives the message: the descriptors land at 0, 1, 2, ... in order (lowest free),
+ *      plus a close-on-exec status pipe last, and it execs.
+ * CLONE_VM|CLONE_VFORK as posix_spawn, so the cost does not grow with the broker's heap.
  */
+struct spawn_child {
+    const char *path;
+    char **args;
+    int nfds; /* descriptors to land at 0..nfds-1; the status pipe lands at nfds */
+};
+
+/* The child, on its own stack and the broker's memory: async-signal-safe calls only. */
+static int spawn_child_main(void *arg) {
+    const struct spawn_child *c = arg;
+    char *envp[] = {NULL};
+    int got[SPAWN_MAX_FDS + 1];
+    char byte;
+    union {
+        char buf[CMSG_SPACE(sizeof(int) * (SPAWN_MAX_FDS + 1))];
+        struct cmsghdr align;
+    } u;
+    struct iovec iov = {.iov_base = &byte, .iov_len = 1};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof u.buf};
+
+    /* A table of our own holding copies of 0..LOW_FDS-1 only (callers' descriptors are all
+     * above: reserve_low_fds); then those copies go too but fd 0, the socket. */
+    if (syscall(SYS_close_range, (unsigned)LOW_FDS, ~0U, CLOSE_RANGE_UNSHARE) != 0 ||
+        syscall(SYS_close_range, 1U, (unsigned)LOW_FDS - 1, 0U) != 0)
+        _exit(127);
+    int sock_fd = fcntl(0, F_DUPFD_CLOEXEC, SPAWN_MAX_FDS + 2);
+    if (sock_fd < 0 || close(0) != 0)
+        _exit(127);
+    if (recvmsg(sock_fd, &msg, MSG_DONTWAIT) != 1)
+        _exit(127);
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+    if (!cm || cm->cmsg_type != SCM_RIGHTS || cm->cmsg_len != CMSG_LEN(sizeof(int) * (size_t)(c->nfds + 1)))
+        _exit(127);
+    memcpy(got, CMSG_DATA(cm), sizeof(int) * (size_t)(c->nfds + 1));
+    for (int i = 0; i <= c->nfds; i++)
+        if (got[i] != i)
+            _exit(127);
+    if (fcntl(c->nfds, F_SETFD, FD_CLOEXEC) != 0 || close(sock_fd) != 0)
+        _exit(127);
+    if (setsid() < 0)
+        _exit(127);
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    for (int sig = 1; sig < NSIG; sig++)
+        sigaction(sig, &dfl, NULL); /* SIGKILL, SIGSTOP and glibc's own fail: ignored */
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    execve(c->path, c->args, envp);
+    int err = errno;
+    if (write(c->nfds, &err, sizeof err) < 0) {
+        /* nothing left to tell */
+    }
+    _exit(127);
+}
+
+/* The spawn itself (see above); 0 and *pid, or an errno with nothing started. */
+static int spawn_clean(const char *path, char **args, const int *fds, int nfds, pid_t *pid) {
+    int give[SPAWN_MAX_FDS + 1], sp[2] = {-1, -1}, st[2] = {-1, -1}, saved0 = -1;
+    int err = 0;
+    char byte = 0;
+    void *stack = MAP_FAILED;
+    const size_t stack_size = 256 * 1024;
+    union {
+        char buf[CMSG_SPACE(sizeof(int) * (SPAWN_MAX_FDS + 1))];
+        struct cmsghdr align;
+    } u;
+
+    /* The placeholder (opened read-write at module load) is every spawn's /dev/null: no open on
+     * the mount path, and no descriptor that appears only after the first spawn. */
+    reserve_low_fds();
+    const int shared_devnull = placeholder_fd;
+    if (shared_devnull < 0)
+        return EBADF;
+    if (pipe2(st, O_CLOEXEC) < 0 || socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp) < 0) {
+        err = errno;
+        goto out;
+    }
+    for (int i = 0; i < nfds; i++)
+        give[i] = fds[i] >= 0 ? fds[i] : shared_devnull;
+    give[nfds] = st[1];
+    {
+        struct iovec iov = {.iov_base = &byte, .iov_len = 1};
+        struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
+                             .msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)(nfds + 1))};
+        memset(u.buf, 0, sizeof u.buf);
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)(nfds + 1));
+        memcpy(CMSG_DATA(cm), give, sizeof(int) * (size_t)(nfds + 1));
+        if (sendmsg(sp[0], &msg, MSG_NOSIGNAL) != 1) {
+            err = errno;
+            goto out;
+        }
+    }
+    /* Our copies of the pipe's write end and of the sending socket: not needed any more. */
+    close(st[1]);
+    st[1] = -1;
+    close(sp[0]);
+    sp[0] = -1;
+    stack = mmap(NULL, stack_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (stack == MAP_FAILED) {
+        err = errno;
+        goto out;
+    }
+    saved0 = fcntl(0, F_DUPFD_CLOEXEC, 3);
+    if (saved0 < 0) {
+        err = errno;
+        goto out;
+    }
+    {
+        struct spawn_child c = {.path = path, .args = args, .nfds = nfds};
+        sigset_t all, old;
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
+        if (dup3(sp[1], 0, 0) < 0) {
+            err = errno;
+        } else {
+            *pid = clone(spawn_child_main, (char *)stack + stack_size,
+                         CLONE_VM | CLONE_VFORK | CLONE_FILES | SIGCHLD, &c);
+            if (*pid < 0)
+                err = errno;
+            /* fd 0 is ours again (the socket it held is closed by this, never a caller's file). */
+            if (dup3(saved0, 0, 0) < 0 && !err)
+                err = errno;
+        }
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+    }
+    if (!err) {
+        /* EOF: exec succeeded (close-on-exec); an int: the child's execve errno. */
+        int child_err = 0;
+        ssize_t n;
+        do
+            n = read(st[0], &child_err, sizeof child_err);
+        while (n < 0 && errno == EINTR);
+        if (n != 0) {
+            err = n == (ssize_t)sizeof child_err ? child_err : EPROTO;
+            int status;
+            waitpid(*pid, &status, 0);
+        }
+    }
+out:
+    if (stack != MAP_FAILED)
+        munmap(stack, stack_size);
+    for (int *f = (int[]){sp[0], sp[1], st[0], st[1], saved0}, i = 0; i < 5; i++)
+        if (f[i] >= 0)
+            close(f[i]);
+    return err;
+}
+
 static napi_value SpawnDetached(napi_env env, napi_callback_info info) {
-    napi_value argv[4];
-    napi_valuetype tag_type;
-    int64_t tag = -1;
+    napi_value argv[3];
     char path[SPAWN_ARG_MAX], *args[SPAWN_MAX_ARGS + 1] = {0};
-    int fds[SPAWN_MAX_FDS], high[SPAWN_MAX_FDS];
+    int fds[SPAWN_MAX_FDS];
     uint32_t nargs, nfds;
     bool too_long, is_array;
-    int err = 0;
     pid_t pid = -1;
-    posix_spawn_file_actions_t fa;
-    posix_spawnattr_t at;
-    sigset_t none, all;
-    char *envp[] = {NULL};
 
-    if (!get_args(env, info, 4, argv) ||
+    if (!get_args(env, info, 3, argv) ||
         !get_string(env, argv[0], "spawnDetached", "path", path, sizeof path, &too_long))
-        return NULL;
-    if (napi_typeof(env, argv[3], &tag_type) != napi_ok)
-        return throw_type(env, "spawnDetached", "bad tag");
-    if (tag_type != napi_undefined && !get_int(env, argv[3], "spawnDetached", "tag", -1, INT64_MAX / 2, &tag))
         return NULL;
     if (too_long)
         return throw_range(env, "spawnDetached", "path is too long");
@@ -1297,54 +1618,13 @@ static napi_value SpawnDetached(napi_env env, napi_callback_info info) {
         if (!get_int(env, v, "spawnDetached", "fds[i]", -1, INT_MAX, &x))
             goto out_args;
         fds[i] = (int)x;
-        high[i] = -1;
     }
-    /* Move every source above the target range first, so no dup2 overwrites a source that a
-     * later one still needs. */
-    for (uint32_t i = 0; i < nfds; i++) {
-        if (fds[i] < 0)
-            continue;
-        high[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, SPAWN_MAX_FDS);
-        if (high[i] < 0) {
-            throw_errno(env, "fcntl(F_DUPFD_CLOEXEC)", errno);
-            goto out_fds;
-        }
-    }
-    posix_spawn_file_actions_init(&fa);
-    posix_spawnattr_init(&at);
-    for (uint32_t i = 0; i < nfds && !err; i++) {
-        if (high[i] >= 0)
-            err = posix_spawn_file_actions_adddup2(&fa, high[i], (int)i);
-        else
-            err = posix_spawn_file_actions_addopen(&fa, (int)i, "/dev/null", O_RDWR, 0);
-    }
-    if (!err)
-        err = posix_spawn_file_actions_addclosefrom_np(&fa, (int)nfds);
-    sigemptyset(&none);
-    sigfillset(&all);
-    if (!err)
-        err = posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-    if (!err)
-        err = posix_spawnattr_setsigmask(&at, &none);
-    if (!err)
-        err = posix_spawnattr_setsigdefault(&at, &all);
-    if (!err)
-        err = posix_spawn(&pid, path, &fa, &at, args, envp);
-    posix_spawn_file_actions_destroy(&fa);
-    posix_spawnattr_destroy(&at);
-    if (err)
-        throw_errno(env, "posix_spawn", err);
-out_fds:
-    /* The copies may be files on a caller's FUSE filesystem: their close may block (drop_fds). */
     {
-        int copies[SPAWN_MAX_FDS];
-        size_t ncopies = 0;
-        for (uint32_t i = 0; i < nfds; i++)
-            if (high[i] >= 0)
-                copies[ncopies++] = high[i];
-        if (ncopies && (tag < 0 || drop_fds(copies, ncopies, tag) != 0))
-            for (size_t i = 0; i < ncopies; i++)
-                close(copies[i]);
+        int err = spawn_clean(path, args, fds, (int)nfds, &pid);
+        if (err) {
+            pid = -1;
+            throw_errno(env, "spawn", err);
+        }
     }
 out_args:
     for (uint32_t i = 0; i < nargs && i < SPAWN_MAX_ARGS; i++)
@@ -1370,6 +1650,54 @@ static napi_value Socketpair(napi_env env, napi_callback_info info) {
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, p) < 0)
         return throw_errno(env, "socketpair", errno);
     return fd_pair(env, p);
+}
+
+/* socketpairStream() -> [a, b]: a connected AF_UNIX SOCK_STREAM pair, close-on-exec (the kind
+ * of transport a --via mount sends). */
+static napi_value SocketpairStream(napi_env env, napi_callback_info info) {
+    int p[2];
+    (void)info;
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, p) < 0)
+        return throw_errno(env, "socketpair", errno);
+    return fd_pair(env, p);
+}
+
+/*
+ * socketInfo(fd) -> {domain, type, listening, connected}: what a caller's socket is, asked of
+ * the socket layer only (getsockopt, getpeername), which no peer and no FUSE server can delay.
+ * connected is getpeername's answer: false for ENOTCONN, an error for anything else.
+ */
+static napi_value SocketInfo(napi_env env, napi_callback_info info) {
+    napi_value argv[1], obj;
+    int fd, domain, type, acceptconn;
+    socklen_t len;
+    struct sockaddr_storage peer;
+    bool connected = true;
+    if (!get_args(env, info, 1, argv) || !get_fd(env, argv[0], "socketInfo", "fd", &fd))
+        return NULL;
+    len = sizeof domain;
+    if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) < 0)
+        return throw_errno(env, "getsockopt(SO_DOMAIN)", errno);
+    len = sizeof type;
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0)
+        return throw_errno(env, "getsockopt(SO_TYPE)", errno);
+    len = sizeof acceptconn;
+    if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acceptconn, &len) < 0)
+        return throw_errno(env, "getsockopt(SO_ACCEPTCONN)", errno);
+    len = sizeof peer;
+    if (getpeername(fd, (struct sockaddr *)&peer, &len) < 0) {
+        if (errno != ENOTCONN)
+            return throw_errno(env, "getpeername", errno);
+        connected = false;
+    }
+    NAPI_OK(napi_create_object(env, &obj));
+    if (!set_str(env, obj, "domain", domain == AF_UNIX ? "unix" : domain == AF_INET ? "inet" : domain == AF_INET6 ? "inet6" : "other") ||
+        !set_str(env, obj, "type", type == SOCK_STREAM ? "stream" : type == SOCK_SEQPACKET ? "seqpacket" : type == SOCK_DGRAM ? "dgram" : "other") ||
+        !set_bool(env, obj, "listening", acceptconn != 0) || !set_bool(env, obj, "connected", connected)) {
+        throw_napi_failure(env, "building the socketInfo result");
+        return NULL;
+    }
+    return obj;
 }
 
 /* pipe() -> [readEnd, writeEnd], both close-on-exec. */
@@ -1416,6 +1744,7 @@ static napi_value PidfdReap(napi_env env, napi_callback_info info) {
 /* ------------------------------------------------------------------------------ module */
 
 static napi_value Init(napi_env env, napi_value exports) {
+    reserve_low_fds();
     static const struct {
         const char *name;
         napi_callback fn;
@@ -1428,8 +1757,9 @@ static napi_value Init(napi_env env, napi_value exports) {
         {"pidfdIsAlive", PidfdIsAlive},
         {"fdInfo", FdInfo}, {"statxMount", StatxMount}, {"openat", Openat},
         {"fstatfs", Fstatfs}, {"flock", Flock}, {"dupCloexec", DupCloexec},
-        {"spawnDetached", SpawnDetached}, {"pipe", Pipe}, {"socketpair", Socketpair}, {"pidfdReap", PidfdReap},
+        {"spawnDetached", SpawnDetached}, {"pipe", Pipe}, {"socketpair", Socketpair}, {"socketpairStream", SocketpairStream}, {"socketInfo", SocketInfo}, {"pidfdReap", PidfdReap},
         {"dropFds", DropFds}, {"closersAlive", ClosersAlive}, {"fstatfsStart", FstatfsStart},
+        {"closersPending", ClosersPending}, {"setCloserShare", SetCloserShare},
     };
     static const struct {
         const char *name;

@@ -126,6 +126,8 @@ interface Native {
   dropFds(fds: number[], tag: number): void;
   closersAlive(tag: number): number;
   fstatfsStart(fd: number, tag: number): number;
+  closersPending(): number;
+  setCloserShare(n: number): void;
   poll(fd: number, events: PollEvents, callback: PollCallback): WatcherHandle;
   pollStop(handle: WatcherHandle): void;
   pollRef(handle: WatcherHandle): void;
@@ -140,9 +142,11 @@ interface Native {
   fstatfs(fd: number): StatfsInfo;
   flock(fd: number, exclusive: boolean, nonblock: boolean): boolean;
   dupCloexec(fd: number): number;
-  spawnDetached(path: string, args: string[], fds: number[], tag?: number): number;
+  spawnDetached(path: string, args: string[], fds: number[]): number;
   pipe(): [number, number];
   socketpair(): [number, number];
+  socketpairStream(): [number, number];
+  socketInfo(fd: number): SocketInfo;
   pidfdReap(pidfd: number): { code: number; signal: number } | null;
   constants: Constants;
 }
@@ -237,6 +241,19 @@ export function dropFds(fds: readonly number[], tag: number): void {
 /** Closers (and bounded fstatfs children) of `tag` (-1: all) that have not finished yet. */
 export function closersAlive(tag = -1): number {
   return native.closersAlive(tag);
+}
+
+/** Descriptors waiting for a closer of their tag (its share is in use); a reap starts them. */
+export function closersPending(): number {
+  return native.closersPending();
+}
+
+/**
+ * At most `n` closers and fstatfs children per tag (0: no share). Beyond it dropFds keeps the
+ * descriptors waiting and fstatfsStart throws EDQUOT.
+ */
+export function setCloserShare(n: number): void {
+  native.setCloserShare(n);
 }
 
 /**
@@ -346,17 +363,30 @@ export function dupCloexec(fd: number): number {
 
 /**
  * Starts `path` with argv `args` (args[0] included), an empty environment, its own session,
- * default signal handling and exactly `fds` at 0, 1, 2… (-1: /dev/null); nothing else is
- * inherited. posix_spawn, so the cost does not grow with the caller's heap as fork() does.
+ * default signal handling and exactly `fds` at 0, 1, 2… (-1: /dev/null). The child never holds
+ * a copy of any other descriptor of ours, not even for a moment: closing copies of a caller's
+ * FUSE files (at exec) could wait without end on the caller's server (socket.c spawn_clean).
  * The caller must reap it with pidfdReap once its pidfd is readable.
  */
-export function spawnDetached(path: string, args: string[], fds: number[], tag = -1): number {
-  return native.spawnDetached(path, args, fds, tag);
+export function spawnDetached(path: string, args: string[], fds: number[]): number {
+  return native.spawnDetached(path, args, fds);
 }
 
 /** A connected AF_UNIX SOCK_SEQPACKET pair, close-on-exec: [a, b]. */
 export function socketpair(): [number, number] {
   return native.socketpair();
+}
+
+/** A connected AF_UNIX SOCK_STREAM pair, close-on-exec: [a, b] (a --via transport). */
+export function socketpairStream(): [number, number] {
+  return native.socketpairStream();
+}
+
+export type SocketInfo = { domain: 'unix' | 'inet' | 'inet6' | 'other'; type: 'stream' | 'seqpacket' | 'dgram' | 'other'; listening: boolean; connected: boolean };
+
+/** getsockopt(SO_DOMAIN, SO_TYPE, SO_ACCEPTCONN) and getpeername of a socket descriptor. */
+export function socketInfo(fd: number): SocketInfo {
+  return native.socketInfo(fd);
 }
 
 /** A close-on-exec pipe: [readEnd, writeEnd]. */

@@ -2,13 +2,16 @@
 // NAME.socket + NAME@.service in DIR, listens on the sockets, and runs one sandboxed instance
 // per connection (Accept=yes) through the launcher: the connection is the server's fd 3,
 // LISTEN_FDS=1, LISTEN_PID=1 (the server is pid 1 of its pid namespace), LISTEN_FDNAMES=connection.
-import { spawn } from 'node:child_process';
-import { chmodSync, chownSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, unlinkSync } from 'node:fs';
+import { Socket } from 'node:net';
+import { constants as osConstants } from 'node:os';
+import { chmodSync, closeSync, writeSync, chownSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, unlinkSync } from 'node:fs';
 import path from 'node:path';
 import * as sock from '../../helper/native/socket.js';
 import { renderSpec, type SpecRecord } from '../launch-spec.js';
+import { InstanceDir, processStartTime, signalLauncher, type UnitRecord } from '../instances.js';
 import { log as defaultLog } from '../log.js';
 import { oneLine } from '../protocol.js';
+import { probeLive, unlinkIfSame } from '../socket-path.js';
 import type { UidAllocator } from '../uids.js';
 import { identifierOf, loadService, loadSocket, serviceSpec, type ServiceConfig, type SocketConfig } from './directives.js';
 import { parseUnit, UnitError } from './parser.js';
@@ -98,15 +101,52 @@ export type SpawnedInstance = {
  * instance keeps running: the launcher ignores SIGPIPE.)
  */
 export function spawnInstance(launcher: string, spec: SpecRecord[], fds: number[], readyTimeoutMs: number, onLine: (line: string) => void, stateFile?: string): SpawnedInstance {
-  const child = spawn(launcher, ['instance'], { stdio: ['ignore', 'pipe', 'pipe', 'pipe', ...fds], detached: true, env: {} });
-  const pid = child.pid;
-  if (pid === undefined) throw new Error(`cannot start the launcher ${launcher}`);
-  const specStream = child.stdio[3] as NodeJS.WritableStream;
-  specStream.on('error', () => {});
-  specStream.end(renderSpec(spec));
+  // spawnDetached, not child_process: a child of Node's holds copies of every descriptor the
+  // broker has (callers' FUSE files among them) and closes them at exec, which may wait on a
+  // stopped server while Node waits for the exec (supervisor/fdsafe.ts).
+  const text = renderSpec(spec); // at most 64 KiB: fits the pipe, the write cannot block
+  const opened: number[] = [];
+  let pid: number;
+  let pidfd: number;
+  let outRd: number;
+  let errRd: number;
+  try {
+    const [specRd, specWr] = sock.pipe();
+    opened.push(specRd, specWr);
+    writeSync(specWr, text);
+    const [oRd, oWr] = sock.pipe();
+    const [eRd, eWr] = sock.pipe();
+    opened.push(oWr, eWr);
+    outRd = oRd;
+    errRd = eRd;
+    pid = sock.spawnDetached(launcher, [launcher, 'instance'], [-1, oWr, eWr, specRd, ...fds]);
+    pidfd = sock.pidfdOpen(pid);
+  } catch (e) {
+    throw new Error(`cannot start the launcher ${launcher}: ${(e as Error).message}`);
+  } finally {
+    for (const fd of opened) closeSync(fd);
+  }
+  const child = {
+    stdout: new Socket({ fd: outRd, readable: true, writable: false }),
+    stderr: new Socket({ fd: errRd, readable: true, writable: false }),
+    exitCode: null as number | null,
+    signalCode: null as string | null,
+  };
+  let exitCb: ((code: number | null, signal: string | null) => void) | undefined;
+  // Not onPidfdExit: it reaps, and the exit status is wanted here.
+  const exitWatch = sock.poll(pidfd, 'readable', () => {
+    exitWatch.stop();
+    const r = sock.pidfdReap(pidfd);
+    closeSync(pidfd);
+    if (r && r.signal) child.signalCode = Object.entries(osConstants.signals).find(([, n]) => n === r.signal)?.[0] ?? `signal ${r.signal}`;
+    else child.exitCode = r ? r.code : -1;
+    exitCb?.(child.exitCode, child.signalCode);
+  });
   let partial = '';
-  child.stderr!.setEncoding('utf8');
-  child.stderr!.on('data', (d: string) => {
+  child.stderr.setEncoding('utf8');
+  child.stderr.on('error', () => {});
+  child.stdout.on('error', () => {});
+  child.stderr.on('data', (d: string) => {
     partial += d;
     let nl: number;
     while ((nl = partial.indexOf('\n')) >= 0) {
@@ -118,9 +158,9 @@ export function spawnInstance(launcher: string, spec: SpecRecord[], fds: number[
       partial = '';
     }
   });
-  const stderrDone = new Promise<void>((r) => child.stderr!.once('close', () => r()));
+  const stderrDone = new Promise<void>((r) => child.stderr.once('close', () => r()));
   const ended = new Promise<InstanceEnd>((resolve) => {
-    child.once('exit', (code, signal) => {
+    exitCb = (code, signal) => {
       void Promise.race([stderrDone, new Promise((r) => setTimeout(r, 500))]).then(() => {
         if (partial) onLine(partial);
         partial = '';
@@ -137,7 +177,7 @@ export function spawnInstance(launcher: string, spec: SpecRecord[], fds: number[
         }
         resolve(end);
       });
-    });
+    };
   });
   const ready = new Promise<{ ok: true; serverPid: number } | { ok: false; code: string; message: string }>((resolve) => {
     let buf = '';
@@ -150,8 +190,8 @@ export function spawnInstance(launcher: string, spec: SpecRecord[], fds: number[
       resolve(r);
     };
     const timer = setTimeout(() => finish({ ok: false, code: 'ETIMEDOUT_SERVER', message: `no readiness line within ${readyTimeoutMs} ms` }), readyTimeoutMs);
-    child.stdout!.setEncoding('utf8');
-    child.stdout!.on('data', (d: string) => {
+    child.stdout.setEncoding('utf8');
+    child.stdout.on('data', (d: string) => {
       buf += d;
       const nl = buf.indexOf('\n');
       if (nl < 0) return;
@@ -159,15 +199,14 @@ export function spawnInstance(launcher: string, spec: SpecRecord[], fds: number[
       if (kind === 'ready') finish({ ok: true, serverPid: Number(f1) });
       else finish({ ok: false, code: kind === 'error' ? f1 : 'EINTERNAL', message: oneLine(f2 ?? buf.slice(0, nl)) });
     });
-    child.stdout!.on('end', () => finish({ ok: false, code: 'EINTERNAL', message: 'the launcher exited without a readiness line' }));
-    child.on('error', (e) => finish({ ok: false, code: 'EINTERNAL', message: `cannot run the launcher: ${e.message}` }));
+    child.stdout.on('end', () => finish({ ok: false, code: 'EINTERNAL', message: 'the launcher exited without a readiness line' }));
   });
   return {
     launcherPid: pid,
     ready,
     ended,
     kill: (sig = 'SIGTERM') => {
-      if (child.exitCode === null && child.signalCode === null) child.kill(sig);
+      if (child.exitCode === null && child.signalCode === null) signalLauncher(pidfd, osConstants.signals[sig as keyof typeof osConstants.signals] ?? 15);
     },
   };
 }
@@ -202,14 +241,15 @@ export type UnitInstance = {
   stop: () => void;
 };
 
-type Listener = { pair: UnitPair; path: string; fd: number; watcher?: sock.Watcher };
+type Listener = { pair: UnitPair; path: string; fd: number; dev: number; ino: number; watcher?: sock.Watcher };
 
 export class UnitActivator {
   readonly pairs: UnitPair[];
   private readonly listeners: Listener[] = [];
   readonly live = new Map<number, UnitInstance>();
   private readonly accepted = new Map<string, number>();
-  private seq = 0;
+  /** Ids and records shared with the broker's instances (RUNDIR/instances). */
+  private idir?: InstanceDir;
   private readonly notes = new Set<string>();
   private closed = false;
   private readonly launcher: string;
@@ -226,8 +266,7 @@ export class UnitActivator {
   }
 
   start(): void {
-    mkdirSync(path.join(this.opts.runtimeDir, 'instances'), { recursive: true, mode: 0o700 });
-    mkdirSync(path.join(this.opts.runtimeDir, 'uids'), { recursive: true, mode: 0o700 });
+    this.idir = new InstanceDir(this.opts.runtimeDir);
     mkdirSync(this.emptyDir, { recursive: true, mode: 0o555 });
     for (const pair of this.pairs) {
       for (const l of pair.socket.listen) this.listen(pair, l.path, l.kind);
@@ -239,10 +278,13 @@ export class UnitActivator {
     mkdirSync(path.dirname(p), { recursive: true, mode: s.directoryMode });
     if (existsSync(p)) {
       if (!lstatSync(p).isSocket()) throw new Error(`${s.file}: ${p} exists and is not a socket; refusing to replace it`);
+      // /run/filesystems/NAME is a global path: systemd or another broker may be serving it.
+      if (probeLive(p, kind)) throw new Error(`${s.file}: ${p}: a live listener holds this socket (systemd, another fuse-svcd?); not taken over`);
       unlinkSync(p);
     }
     const fd = kind === 'stream' ? sock.listenStream(p, s.backlog) : sock.listenSeqpacket(p, s.backlog);
-    const l: Listener = { pair, path: p, fd };
+    const bound = lstatSync(p);
+    const l: Listener = { pair, path: p, fd, dev: bound.dev, ino: bound.ino };
     this.listeners.push(l);
     if (s.socketUser !== undefined || s.socketGroup !== undefined) {
       const st = statSync(p);
@@ -263,7 +305,13 @@ export class UnitActivator {
       } catch {
         /* closed */
       }
-      if (l.pair.socket.removeOnStop) rmSync(l.path, { force: true });
+      if (l.pair.socket.removeOnStop) {
+        try {
+          unlinkIfSame(l.path, l.dev, l.ino);
+        } catch {
+          /* gone, or someone else's socket now: left alone */
+        }
+      }
     }
     this.listeners.length = 0;
   }
@@ -324,10 +372,11 @@ export class UnitActivator {
     const svc = l.pair.service;
     const uid = this.opts.uids.pick();
     if (uid === undefined) return this.refuse(l, peer, `no free dynamic uid in ${this.opts.uids.first}-${this.opts.uids.last}`);
-    // Ids of unit instances cannot collide with the broker's small sequential ids (same RUNDIR).
-    const id = Date.now() * 1000 + (this.seq++ % 1000);
+    // From the broker's id sequence (the same directory), never reused across restarts.
+    const idir = this.idir ?? (this.idir = new InstanceDir(this.opts.runtimeDir));
+    const id = idir.newId();
     const ident = identifierOf(svc, unitName);
-    const stateFile = path.join(this.opts.runtimeDir, 'instances', `${id}.state`);
+    const stateFile = idir.file(id, 'state');
     let spec: SpecRecord[];
     try {
       spec = serviceSpec(svc, { id, runtimeDir: this.opts.runtimeDir, uid, unitName, connFd: 4, emptyDir: this.emptyDir, procSource: this.opts.procSource });
@@ -337,6 +386,10 @@ export class UnitActivator {
     }
     const discard = svc.standardOutput === 'null' && svc.standardError === 'null';
     let pidForLog = 0;
+    // Written before the spawn and again with the pid: `fuse-svcd stop` ends unit instances
+    // from these records (a broker killed in between leaves the pid in the launcher's state).
+    const urec: UnitRecord = { id, unit: unitName, peer_uid: peer.uid, uid, started_at: Date.now() };
+    idir.writeUnit(urec);
     const inst: UnitInstance = { id, unit: unitName, socket: socketName, peerUid: peer.uid, peerPid: peer.pid, uid, launcherPid: 0, state: 'starting', ended: Promise.resolve({ launcherExit: null, signal: null }), stop: () => {} };
     const sp = spawnInstance(this.launcher, spec, [peer.fd], (this.opts.readyTimeoutMs ?? 15000), (line) => {
       if (discard || line === '') return;
@@ -350,6 +403,9 @@ export class UnitActivator {
       this.log.info(`${ident}[${pidForLog || sp.launcherPid}]: ${line}`);
     }, stateFile);
     inst.launcherPid = sp.launcherPid;
+    urec.launcher_pid = sp.launcherPid;
+    urec.launcher_start = processStartTime(sp.launcherPid);
+    idir.writeUnit(urec);
     inst.ended = sp.ended;
     inst.stop = () => sp.kill('SIGTERM');
     this.live.set(id, inst);
@@ -359,7 +415,7 @@ export class UnitActivator {
       await sp.ended;
       this.live.delete(id);
       this.opts.uids.release(uid);
-      rmSync(stateFile, { force: true });
+      idir.remove(id);
       if (r.code === 'EUID_BUSY' && attempt < 5) return this.startInstance(l, peer, unitName, socketName, attempt + 1);
       safeClose(peer.fd);
       const msg = `${unitName}: start failed: ${r.code}: ${r.message}`;
@@ -378,7 +434,7 @@ export class UnitActivator {
       inst.state = 'exited';
       this.live.delete(id);
       this.opts.uids.release(uid);
-      rmSync(stateFile, { force: true });
+      idir.remove(id);
       const how = end.exitSignal ? `killed by signal ${end.exitSignal}` : end.exitCode !== undefined ? `exit status ${end.exitCode}` : `launcher exit ${end.launcherExit ?? end.signal}`;
       this.log.info(`${unitName}: ended (${end.reason ?? 'server exited'}, ${how}); sandbox uid ${uid} released`);
       this.onEvent?.('ended', { unit: l.pair.name, peerUid: peer.uid, instance: inst });

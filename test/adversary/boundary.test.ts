@@ -10,7 +10,7 @@ import path from 'node:path';
 import { execa } from 'execa';
 import * as sock from '../../helper/native/socket.js';
 import { rawRequest, type RawReply } from '../lib/raw.js';
-import { NATIVE, fdCount, makeDir, makeImage, newCaller, sleep, startBroker, tmpdir, waitFor, type Broker, type Caller } from '../lib/harness.js';
+import { NATIVE, fdCount, makeDir, makeImage, sleep, waitFor, type Broker, type Caller, openEnv, closeEnv } from '../lib/harness.js';
 
 const CLIENT = path.join(NATIVE, 'fuse-svc-client');
 const s = suite('adversary: privilege boundary and never blocked');
@@ -20,16 +20,12 @@ let dir: string;
 let img: string;
 
 s.before(async () => {
-  dir = tmpdir('fuse-svc-adv-');
-  broker = await startBroker({ config: { max_mounts_per_user: 4, max_connections_per_user: 40, max_stuck_per_user: 3, request_timeout_ms: 3000 } });
-  caller = await newCaller();
+  ({ dir, broker, caller } = await openEnv({ config: { max_mounts_per_user: 4, max_connections_per_user: 40, max_stuck_per_user: 3, request_timeout_ms: 3000 } }, 'fuse-svc-adv-'));
   img = await makeImage(dir, 'disk.img', 16);
 });
 
 s.after(async () => {
-  await broker?.stop();
-  await caller?.close();
-  rmSync(dir, { recursive: true, force: true });
+  await closeEnv({ dir, broker, caller });
 });
 
 /** The static client as uid (default 1000) inside the caller's namespace. */

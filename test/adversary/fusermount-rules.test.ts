@@ -3,9 +3,9 @@
 // ordinary use next to it to still work. Rules: docs/security.md "What a caller may mount".
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { closeSync, constants, openSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { closeSync, constants, openSync, readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import { clientArgs, fdCount, makeDir, makeImage, newCaller, ROOT, startBroker, tmpdir, type Broker, type Caller } from '../lib/harness.js';
+import { clientArgs, fdCount, makeDir, makeImage, ROOT, waitFor, type Broker, type Caller, openEnv, closeEnv } from '../lib/harness.js';
 import { rawRequest, type RawReply } from '../lib/raw.js';
 
 const s = suite('fusermount rules');
@@ -15,16 +15,12 @@ let dir: string;
 let img: string;
 
 s.before(async () => {
-  dir = tmpdir();
-  broker = await startBroker();
-  caller = await newCaller();
+  ({ dir, broker, caller } = await openEnv());
   img = await makeImage(dir, 'disk.img', 16);
 });
 
 s.after(async () => {
-  await broker?.stop();
-  await caller?.close();
-  rmSync(dir, { recursive: true, force: true });
+  await closeEnv({ dir, broker, caller });
 });
 
 const mount = (target: string, opts = 'ro', source = img) => caller.run(clientArgs(broker.socket, 'mount', '-t', 'ext4', '-o', opts, source, target));
@@ -47,7 +43,11 @@ async function mountsAndUnmounts(target: string, opts = 'ro'): Promise<void> {
 s('T4: uid 1000 cannot mount over /tmp, /var/tmp, /dev/shm, /run/lock (sticky, owned by root)', async () => {
   const fds = fdCount(broker.proc.pid!);
   for (const t of ['/tmp', '/var/tmp', '/dev/shm', '/run/lock']) await refused(t, 'EPERM_TARGET');
-  assert.is(fdCount(broker.proc.pid!), fds, 'no broker descriptor kept');
+  // The broker drops a caller's descriptors just after the reply (fdsafe.ts): the static client
+  // can exit before that, so wait (bounded) for the count to come back.
+  await waitFor('no broker descriptor kept', () => fdCount(broker.proc.pid!) <= fds, 5000).catch(() => {
+    assert.is(fdCount(broker.proc.pid!), fds, 'no broker descriptor kept');
+  });
 });
 
 s('T4: a sticky directory the caller owns may be its mount point', async () => {
@@ -139,6 +139,8 @@ s('every allowed option of every server definition mounts (data-driven from serv
   let n = 0;
   for (const f of defs) {
     const def = JSON.parse(readFileSync(path.join(ROOT, 'server', f), 'utf8')) as { fstypes: string[]; options: { allowed: string[] } };
+    // The image here is ext4: test/servers.test.ts mounts the other definitions' options on images of their own format.
+    if (!def.fstypes.includes('ext4')) continue;
     for (const opt of def.options.allowed) {
       const mnt = makeDir(path.join(dir, `opt-${n++}`), 1000);
       const r = await caller.run(clientArgs(broker.socket, 'mount', '-t', def.fstypes[0], '-o', `ro,${opt}`, img, mnt));

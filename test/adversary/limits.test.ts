@@ -5,7 +5,7 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { rmSync } from 'node:fs';
 import path from 'node:path';
-import { ROOT, USER, fdCount, instanceProcesses, makeDir, makeImage, newCaller, startBroker, tmpdir, waitFor, type Broker, type Caller } from '../lib/harness.js';
+import { ROOT, USER, fdTable, fdsBackTo, instanceProcesses, makeDir, makeImage, newCaller, startBroker, tmpdir, waitFor, type Broker, type Caller } from '../lib/harness.js';
 
 const WORKER = path.join(ROOT, 'dist', 'test', 'lib', 'limits-worker.js');
 const N = 90;
@@ -55,7 +55,7 @@ function tally(results: Result[]): Record<string, number> {
 }
 
 s('90 concurrent mounts from one uid with max_mounts_per_user 8: exactly 8 succeed, then the slots are free', async () => {
-  const fds0 = fdCount(broker.proc.pid!);
+  const fds0 = fdTable(broker.proc.pid!);
   const t0 = Date.now();
   const res = await fire(USER, 'mount', pairs);
   console.log(`    uid ${USER}: ${JSON.stringify(tally(res))} in ${Date.now() - t0} ms`);
@@ -70,7 +70,7 @@ s('90 concurrent mounts from one uid with max_mounts_per_user 8: exactly 8 succe
   const again = await fire(USER, 'mount', pairs.slice(0, 1));
   assert.ok(again[0]!.ok, `a mount after unmounting all: ${JSON.stringify(again)}`);
   await unmountAll(USER, again);
-  await waitFor('the broker fd count back to its baseline', () => fdCount(broker.proc.pid!) <= fds0, 10000);
+  await fdsBackTo(broker.proc.pid!, fds0);
 });
 
 s('90 concurrent mounts from two uids with max_mounts 8: exactly 8 succeed in all (ELIMIT_TOTAL)', async () => {

@@ -93,4 +93,33 @@ s('plain uid 1000 cannot remount dev; its mount stays nosuid,nodev', async () =>
   }
 });
 
+s('userns caller moves its mount away and puts a decoy where it was: unmount by the old path is refused, by id detaches the moved mount only', async () => {
+  const img = await hostileImage('moved.img', 0);
+  const mnt = makeDir(path.join(dir, 'mnt-moved'));
+  const away = makeDir(path.join(dir, 'away-moved'));
+  const cli = (...a: string[]) => q(clientArgs(broker.socket, ...a));
+  // Inside its own user and mount namespace the caller may move the mount and mount over the
+  // old path; the broker's detach must follow the mount it made (by mount id), never a path.
+  const script = [
+    `ID=$(${cli('--json', 'mount', img, mnt)} | sed -n 's/.*"id":\\([0-9]*\\).*/\\1/p'); [ -n "$ID" ] || exit 10`,
+    `echo data > '${mnt}/f' || exit 11`,
+    `mount -n --move '${mnt}' '${away}' || exit 12`,
+    `mount -n -t tmpfs decoy '${mnt}' && echo keep > '${mnt}/decoy' || exit 13`,
+    `${cli('unmount', mnt)}; echo "OLDPATH=$?"`,
+    `cat '${mnt}/decoy'`,
+    `cat '${away}/f'`,
+    `${cli('unmount', '--id', '$ID')} >/dev/null && echo BYID`,
+    `grep -c ' ${away} ' /proc/self/mountinfo; grep -q ' ${mnt} .* - tmpfs decoy' /proc/self/mountinfo && echo DECOY_STAYS`,
+    `umount -n '${mnt}'`,
+  ].join('\n').replace("'$ID'", '"$ID"');
+  const r = await execa('setpriv', ['--reuid', '1000', '--regid', '1000', '--clear-groups', '--', 'unshare', '-Urm', '--propagation', 'private', '--', 'sh', '-c', script], { reject: false, timeout: 60000 });
+  assert.is(r.exitCode, 0, r.stdout + r.stderr);
+  assert.match(r.stdout, /OLDPATH=2\n/, 'the old path (now the decoy tmpfs) is not a broker mount');
+  assert.match(r.stderr, /ENOENT_MOUNT/);
+  assert.match(r.stdout, /keep\ndata\n/, 'decoy and moved mount both readable before');
+  assert.match(r.stdout, /BYID\n0\nDECOY_STAYS/, 'by id: the moved mount went, the decoy stayed');
+  const l = await caller.run(clientArgs(broker.socket, 'list'), { uid: USER });
+  assert.not.match(l.stdout, /running/, l.stdout);
+});
+
 s.run();

@@ -10,8 +10,9 @@ import { execa, type Options as ExecaOptions } from 'execa';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 export const DAEMON = path.join(ROOT, 'dist', 'supervisor', 'main.js');
-export const CLIENT = path.join(ROOT, 'dist', 'helper', 'request.js');
 export const NATIVE = path.join(ROOT, 'build', 'Release');
+/** fuse-svc-request, the one client (the static C build, helper/native/client.c). */
+export const CLIENT = path.join(NATIVE, 'fuse-svc-client');
 export const USER = 1000;
 
 export function tmpdir(prefix = 'fuse-svc-test-'): string {
@@ -25,11 +26,11 @@ export function sleep(ms: number): Promise<void> {
 }
 
 /** Polls until fn returns a truthy value or ms pass; throws with `what` on timeout. */
-export async function waitFor<T>(what: string, fn: () => T | Promise<T>, ms = 10000, every = 50): Promise<T> {
+export async function waitFor<T>(what: string, fn: () => T | Promise<T>, ms = 10000, every = 50): Promise<NonNullable<T>> {
   const end = Date.now() + ms;
   for (;;) {
     const v = await fn();
-    if (v) return v;
+    if (v) return v as NonNullable<T>; // truthy, so neither null nor undefined
     if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
     await sleep(every);
   }
@@ -46,16 +47,28 @@ export type Broker = {
   stop: () => Promise<void>;
 };
 
-export async function startBroker(opts: { runtimeDir?: string; args?: string[]; config?: Record<string, unknown> } = {}): Promise<Broker> {
-  const runtimeDir = opts.runtimeDir ?? tmpdir('fuse-svc-run-');
-  const socket = path.join(runtimeDir, 'broker.sock');
+/**
+ * Runtime dirs the harness made are removed when the test process exits, not at stop(): tests
+ * restart brokers on the same dir (re-adoption) after stopping or killing the first one. They
+ * hold only state files and sockets (mounts and cgroups live elsewhere and are checked apart).
+ */
+const madeRuntimeDirs: string[] = [];
+export function madeRuntimeDir(): string {
+  const d = tmpdir('fuse-svc-run-');
+  if (madeRuntimeDirs.push(d) === 1) process.once('exit', () => madeRuntimeDirs.forEach((x) => rmSync(x, { recursive: true, force: true })));
+  return d;
+}
+
+export async function startBroker(opts: { runtimeDir?: string; args?: string[]; config?: Record<string, unknown>; env?: Record<string, string> } = {}): Promise<Broker> {
+  const runtimeDir = opts.runtimeDir ?? madeRuntimeDir();
+  const socket = path.join(runtimeDir, 'public', 'broker.sock');
   const args = [DAEMON, '--runtime-dir', runtimeDir, '--socket', socket, ...(opts.args ?? [])];
   if (opts.config) {
     const f = path.join(runtimeDir, 'config.json');
     writeFileSync(f, JSON.stringify(opts.config));
     args.push('--config', f);
   }
-  const proc = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'], env: { PATH: process.env.PATH ?? '/usr/bin:/bin' } });
+  const proc = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'], env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...opts.env } });
   let logs = '';
   proc.stderr!.setEncoding('utf8');
   proc.stderr!.on('data', (d: string) => {
@@ -99,6 +112,51 @@ export type Caller = {
  * A new mount namespace (made by root with private propagation, like a container's), held by a
  * sleeping process; commands enter it with nsenter and drop to `uid` with setpriv.
  */
+/**
+ * /dev/fuse is 0666 on ordinary distributions (0600 here): a 0666 node of the same device bound
+ * over it inside the caller's namespace only (the host's stays as it is, for everyone else's
+ * tests), so the caller's uids can run their own FUSE servers and fusermount3. The node lives on
+ * a small tmpfs mounted at DIR/devs in that namespace.
+ */
+export async function worldFuseInCaller(caller: Caller, dir: string): Promise<void> {
+  const devs = path.join(dir, 'devs');
+  mkdirSync(devs, { recursive: true });
+  const inNs = (...argv: string[]) => execa('nsenter', ['-t', String(caller.pid), '-m', '--', ...argv], { timeout: 10000 });
+  await inNs('mount', '-t', 'tmpfs', '-o', 'size=64k,mode=0755', 'devs', devs);
+  await inNs('mknod', '-m', '0666', path.join(devs, 'fuse'), 'c', '10', '229');
+  await inNs('mount', '--bind', path.join(devs, 'fuse'), '/dev/fuse');
+}
+
+/**
+ * fusermount3 refuses a uid without a passwd entry ("could not determine username"), and this
+ * machine has only uid 1000: a copy of /etc/passwd with an entry for each of UIDS is bound over
+ * it inside the caller's namespace only (the host's file is not touched).
+ */
+export async function usersInCaller(caller: Caller, dir: string, uids: number[]): Promise<void> {
+  const have = new Set(readFileSync('/etc/passwd', 'utf8').split('\n').map((l) => Number(l.split(':')[2])));
+  const extra = uids.filter((u) => !have.has(u)).map((u) => `load${u}:x:${u}:${u}::/nonexistent:/usr/sbin/nologin\n`);
+  const file = path.join(dir, 'passwd');
+  writeFileSync(file, readFileSync('/etc/passwd', 'utf8') + extra.join(''), { mode: 0o644 });
+  await execa('nsenter', ['-t', String(caller.pid), '-m', '--', 'mount', '--bind', file, '/etc/passwd'], { timeout: 10000 });
+}
+
+/** What most suites begin with: a temp dir, a broker started with OPTS, a caller namespace. */
+export type Env = { dir: string; broker: Broker; caller: Caller };
+
+export async function openEnv(opts: Parameters<typeof startBroker>[0] = {}, prefix?: string): Promise<Env> {
+  const dir = tmpdir(prefix);
+  const broker = await startBroker(opts);
+  const caller = await newCaller();
+  return { dir, broker, caller };
+}
+
+/** Stops and removes what openEnv made, whatever part of it exists (a failed before() leaves parts). */
+export async function closeEnv(e: Partial<Env>): Promise<void> {
+  await e.broker?.stop();
+  await e.caller?.close();
+  if (e.dir) rmSync(e.dir, { recursive: true, force: true });
+}
+
 export async function newCaller(): Promise<Caller> {
   const holder = spawn('unshare', ['--mount', '--propagation', 'private', '--', 'sleep', '3600'], { stdio: 'ignore' });
   const pid = holder.pid!;
@@ -140,9 +198,9 @@ export async function newCaller(): Promise<Caller> {
   };
 }
 
-/** Runs the node client as a caller. */
+/** The argv of fuse-svc-request against socket, for a caller to run. */
 export function clientArgs(socket: string, ...args: string[]): string[] {
-  return [process.execPath, CLIENT, '--socket', socket, ...args];
+  return [CLIENT, '--socket', socket, ...args];
 }
 
 /** An ext4 image owned by uid (mode 0600), and a mount point owned by uid. */
@@ -164,6 +222,33 @@ export function makeDir(p: string, uid = USER, mode = 0o755): string {
 
 export function fdCount(pid: number): number {
   return readdirSync(`/proc/${pid}/fd`).length;
+}
+
+/** fd number -> what it is (readlink of /proc/PID/fd/N). */
+export function fdTable(pid: number): Map<number, string> {
+  const t = new Map<number, string>();
+  for (const f of readdirSync(`/proc/${pid}/fd`)) {
+    try {
+      t.set(Number(f), readlinkSync(`/proc/${pid}/fd/${f}`));
+    } catch {
+      /* closed meanwhile */
+    }
+  }
+  return t;
+}
+
+/**
+ * Waits until PID holds at most `slack` descriptors more than `before` had; on timeout the
+ * error names every descriptor that is new since then, so a leak says what leaked.
+ */
+export async function fdsBackTo(pid: number, before: Map<number, string>, ms = 10000, slack = 0): Promise<void> {
+  try {
+    await waitFor(`pid ${pid}'s descriptors back to ${before.size}${slack ? ` (+${slack})` : ''}`, () => fdCount(pid) <= before.size + slack, ms);
+  } catch (e) {
+    const now = fdTable(pid);
+    const added = [...now].filter(([fd, what]) => before.get(fd) !== what).map(([fd, what]) => `${fd} -> ${what}`);
+    throw new Error(`${(e as Error).message}; now ${now.size}, new: ${added.join(', ') || '(none; others closed)'}`);
+  }
 }
 
 /** Processes whose comm starts with one of the names (fuse2fs, launchers, probes). */
@@ -193,7 +278,7 @@ export function instanceProcesses(runtimeDir: string): { pid: number; comm: stri
     try {
       const log = readlinkSync(`/proc/${p.pid}/fd/2`);
       // Idle pooled launchers (log pool-N.log) are the broker's stock, not an instance.
-      if (p.comm.startsWith('fuse-svc-launch') && log.startsWith(runtimeDir + '/') && !/\/pool-\d+\.log$/.test(log)) launchers.add(p.pid);
+      if (p.comm.startsWith('fuse-svc-launch') && log.startsWith(runtimeDir + '/') && !/\/pool-\d+\.log( \(deleted\))?$/.test(log)) launchers.add(p.pid);
     } catch {
       /* gone */
     }
@@ -220,4 +305,48 @@ export function procStatus(pid: number): Record<string, string> {
 
 export function exists(p: string): boolean {
   return existsSync(p);
+}
+
+/** Whether a launcher holds the lock of sandbox uid `uid` in runtimeDir (flock -n fails then). */
+export function uidLocked(runtimeDir: string, uid: number): Promise<boolean> {
+  return execa('flock', ['-n', path.join(runtimeDir, 'uids', `${uid}.lock`), 'true'], { reject: false, timeout: 5000 }).then((r) => r.exitCode !== 0);
+}
+
+/**
+ * A shell alone in a mount namespace of its own that it mounts from and then leaves, as an
+ * ended `unshare -m` shell or a stopped container does: `script` runs first (as uid 1000),
+ * then the shell prints READY and waits on its stdin; `exit()` closes stdin so the shell, the
+ * namespace's only process, exits by itself. `userns`: `unshare -Urm` run by uid 1000 (the
+ * namespace belongs to the user's own user namespace); else root's `unshare -m` with private
+ * propagation, then setpriv to uid 1000.
+ */
+export type NsShell = { pid: number; ns: string; out: () => string; exit: () => Promise<void> };
+
+export async function nsShell(script: string, o: { userns?: boolean } = {}): Promise<NsShell> {
+  const body = `${script}\necho READY\nread x\n`;
+  const drop = ['setpriv', '--reuid', String(USER), '--regid', String(USER), '--clear-groups', '--'];
+  const argv = o.userns
+    ? [...drop, 'unshare', '-Urm', '--propagation', 'private', '--', 'sh', '-c', body]
+    : ['unshare', '--mount', '--propagation', 'private', '--', ...drop, 'sh', '-c', body];
+  const proc = spawn(argv[0], argv.slice(1), { stdio: ['pipe', 'pipe', 'pipe'], env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: '/' } });
+  let out = '';
+  proc.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));
+  proc.stderr!.setEncoding('utf8').on('data', (d: string) => (out += d));
+  const exited = new Promise<void>((r) => proc.once('exit', () => r()));
+  const exit = async () => {
+    if (proc.exitCode !== null || proc.signalCode !== null) return;
+    proc.stdin!.end();
+    await Promise.race([exited, sleep(5000)]);
+    if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
+    await Promise.race([exited, sleep(2000)]);
+  };
+  try {
+    await waitFor('the namespace shell to be ready', () => out.includes('READY\n') || proc.exitCode !== null, 60000);
+    if (!out.includes('READY\n')) throw new Error(`the namespace shell failed (${proc.exitCode}): ${out}`);
+  } catch (e) {
+    await exit();
+    throw e;
+  }
+  // unshare and setpriv exec, so the shell is the process spawned
+  return { pid: proc.pid!, ns: readlinkSync(`/proc/${proc.pid}/ns/mnt`), out: () => out, exit };
 }

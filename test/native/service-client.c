@@ -1,8 +1,23 @@
 /* service-client: test-only. The helper side of libfuse's contained-service protocol (what
  * fuservicemount3 does), written from the protocol facts, without libfuse:
  *
- *   service-client [--hold-ms N] [--no-umount] SOCKET SUBTYPE SOURCE MOUNTPOINT
+ *   service-client [--hold-ms N] [--no-umount] [OPTIONS] SOCKET SUBTYPE SOURCE MOUNTPOINT
  *   service-client --hello-only SOCKET
+ *
+ * Installed setuid root (as fuservicemount3 is) it acts for its real uid: files the server asks
+ * for and /dev/fuse are opened with that fsuid, and the mount's user_id=/group_id= are the real
+ * ids. OPTIONS (for upstream-socket tests, some hostile on purpose):
+ *   -o OPTS            appended to the argv sent (-o OPTS)
+ *   --just-mount       after BYEE print `bye N` and exit (0 if N is 0), leaving the mount
+ *   --fusedev PATH     send PATH (opened O_RDWR) as fusedev instead of /dev/fuse
+ *   --argv-file PATH   send PATH as argv instead of a memfd
+ *   --answer-open PATH answer OPEN with a descriptor of PATH instead of the asked path
+ *   --hello-flags N    HELLO flags (1 ALLOW_OTHER, 2 FUSEBLK: claims, never proof)
+ *   --raw N            send one packet of N bytes (SAFT then zeros) instead of HELLO
+ *   --quit-at MAGIC    exit 4 as soon as the server sends a MAGIC packet (disconnect mid-way)
+ *   --user-id N        mount with user_id=N instead of the real uid
+ *   --drop-nosuid      mount without MOUNT_ATTR_NOSUID
+ *   --bind-also DIR    after the mount, bind it onto DIR too (a second mount of the connection)
  *
  * Connects to SOCKET (SOCK_SEQPACKET), HELLO; sends the `argv` memfd (SUBTYPE SOURCE
  * MOUNTPOINT) and an open /dev/fuse; answers the server's OPEN by opening the path itself (its
@@ -25,6 +40,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/fsuid.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
@@ -37,6 +53,28 @@ static int sock = -1, devfuse = -1, fsfd = -1, mntpt_fd = -1;
 static const char *mountpoint;
 static char subtype[64];
 static int mounted, hello_answered;
+static long user_id = -1;
+static int drop_nosuid;
+static const char *bind_also, *answer_open;
+
+/* As the caller: a setuid-root helper opens with its real uid's rights (fsuid), as
+ * fuservicemount3 does; a plain one is the caller already. */
+static int open_as_caller(const char *path, int flags)
+{
+	int setuid_helper = getuid() != geteuid();
+	if (setuid_helper) {
+		setfsgid(getgid());
+		setfsuid(getuid());
+	}
+	int fd = open(path, flags);
+	int e = errno;
+	if (setuid_helper) {
+		setfsuid(geteuid());
+		setfsgid(getegid());
+	}
+	errno = e;
+	return fd;
+}
 
 static void put32(unsigned char *p, uint32_t v) { v = htonl(v); memcpy(p, &v, 4); }
 static uint32_t get32(const unsigned char *p) { uint32_t v; memcpy(&v, p, 4); return ntohl(v); }
@@ -107,7 +145,7 @@ static int do_mount(uint32_t ms_flags)
 		return e;
 	if ((e = set_string("rootmode", "40000")))
 		return e;
-	snprintf(tmp, sizeof tmp, "%u", (unsigned)getuid());
+	snprintf(tmp, sizeof tmp, "%ld", user_id >= 0 ? user_id : (long)getuid());
 	if ((e = set_string("user_id", tmp)))
 		return e;
 	snprintf(tmp, sizeof tmp, "%u", (unsigned)getgid());
@@ -117,7 +155,7 @@ static int do_mount(uint32_t ms_flags)
 		return e;
 	if (fsconfig(fsfd, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0)
 		return errno;
-	unsigned attrs = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+	unsigned attrs = (drop_nosuid ? 0 : MOUNT_ATTR_NOSUID) | MOUNT_ATTR_NODEV;
 	if (ms_flags & MS_RDONLY)
 		attrs |= MOUNT_ATTR_RDONLY;
 	if ((mfd = fsmount(fsfd, FSMOUNT_CLOEXEC, attrs)) < 0)
@@ -128,6 +166,8 @@ static int do_mount(uint32_t ms_flags)
 		return e;
 	}
 	close(mfd);
+	if (bind_also && mount(mountpoint, bind_also, NULL, MS_BIND, NULL) < 0)
+		return errno;
 	/* Our copy of the FUSE fd must go: a dead server then leaves ENOTCONN, not a hang. */
 	close(devfuse);
 	devfuse = -1;
@@ -137,11 +177,35 @@ static int do_mount(uint32_t ms_flags)
 
 int main(int argc, char **argv)
 {
-	long hold_ms = 0;
-	int no_umount = 0, hello_only = 0, i = 1;
+	long hold_ms = 0, raw = -1;
+	int no_umount = 0, hello_only = 0, just_mount = 0, i = 1;
+	const char *opts = NULL, *fusedev_path = "/dev/fuse", *argv_file = NULL, *quit_at = NULL;
+	uint32_t hello_flags = 0;
 	for (; i < argc && argv[i][0] == '-'; i++) {
 		if (!strcmp(argv[i], "--hold-ms") && i + 1 < argc)
 			hold_ms = atol(argv[++i]);
+		else if (!strcmp(argv[i], "-o") && i + 1 < argc)
+			opts = argv[++i];
+		else if (!strcmp(argv[i], "--just-mount"))
+			just_mount = 1;
+		else if (!strcmp(argv[i], "--fusedev") && i + 1 < argc)
+			fusedev_path = argv[++i];
+		else if (!strcmp(argv[i], "--argv-file") && i + 1 < argc)
+			argv_file = argv[++i];
+		else if (!strcmp(argv[i], "--answer-open") && i + 1 < argc)
+			answer_open = argv[++i];
+		else if (!strcmp(argv[i], "--hello-flags") && i + 1 < argc)
+			hello_flags = (uint32_t)strtoul(argv[++i], NULL, 0);
+		else if (!strcmp(argv[i], "--raw") && i + 1 < argc)
+			raw = atol(argv[++i]);
+		else if (!strcmp(argv[i], "--quit-at") && i + 1 < argc)
+			quit_at = argv[++i];
+		else if (!strcmp(argv[i], "--user-id") && i + 1 < argc)
+			user_id = atol(argv[++i]);
+		else if (!strcmp(argv[i], "--drop-nosuid"))
+			drop_nosuid = 1;
+		else if (!strcmp(argv[i], "--bind-also") && i + 1 < argc)
+			bind_also = argv[++i];
 		else if (!strcmp(argv[i], "--no-umount"))
 			no_umount = 1;
 		else if (!strcmp(argv[i], "--hello-only"))
@@ -175,11 +239,21 @@ int main(int argc, char **argv)
 	(void)setsockopt(sock, SOL_SOCKET, SO_PASSRIGHTS, &zero, sizeof zero);
 
 	/* HELLO */
-	unsigned char p[MAX_PACKET + 1];
-	put32(p, HELLO_CMD);
-	p[4] = 0, p[5] = 1, p[6] = 0, p[7] = 1;
-	put32(p + 8, 0);
-	send_with_fd(p, 12, -1);
+	static unsigned char p[2 * MAX_PACKET];
+	if (raw >= 0) {
+		/* a malformed first packet: what does the service do with it? */
+		if ((size_t)raw > sizeof p)
+			raw = sizeof p;
+		memset(p, 0, (size_t)raw);
+		if (raw >= 4)
+			put32(p, HELLO_CMD);
+		send_with_fd(p, (size_t)raw, -1);
+	} else {
+		put32(p, HELLO_CMD);
+		p[4] = 0, p[5] = 1, p[6] = 0, p[7] = 1;
+		put32(p + 8, hello_flags);
+		send_with_fd(p, 12, -1);
+	}
 	ssize_t n = recv(sock, p, sizeof p, 0);
 	if (n <= 0 && (n == 0 || errno == ECONNRESET)) {
 		fprintf(stderr, "service-client: refused: the service closed the connection before HELLO was answered\n");
@@ -202,15 +276,16 @@ int main(int argc, char **argv)
 	}
 
 	/* argv memfd: ARGS, argc, {pos,len}[argc], strings */
-	const char *args[3] = {subtype, source, mountpoint};
+	const char *args[5] = {subtype, source, mountpoint, "-o", opts};
+	const int nargs = opts ? 5 : 3;
 	int mfd = memfd_create("fuse service argv", MFD_CLOEXEC);
 	if (mfd < 0)
 		fail("memfd_create");
-	unsigned char hdr[8 + 3 * 8];
-	uint32_t pos = sizeof hdr;
+	unsigned char hdr[8 + 5 * 8];
+	uint32_t pos = 8 + 8 * (uint32_t)nargs;
 	put32(hdr, ARGS_MAGIC);
-	put32(hdr + 4, 3);
-	for (int k = 0; k < 3; k++) {
+	put32(hdr + 4, (uint32_t)nargs);
+	for (int k = 0; k < nargs; k++) {
 		uint32_t len = (uint32_t)strlen(args[k]);
 		put32(hdr + 8 + 8 * k, pos);
 		put32(hdr + 12 + 8 * k, len);
@@ -218,13 +293,18 @@ int main(int argc, char **argv)
 			fail("pwrite(argv)");
 		pos += len;
 	}
-	if (pwrite(mfd, hdr, sizeof hdr, 0) != (ssize_t)sizeof hdr)
+	if (pwrite(mfd, hdr, 8 + 8 * (size_t)nargs, 0) != (ssize_t)(8 + 8 * (size_t)nargs))
 		fail("pwrite(argv)");
+	if (argv_file) {
+		close(mfd);
+		if ((mfd = open(argv_file, O_RDONLY | O_CLOEXEC)) < 0)
+			fail("open(--argv-file)");
+	}
 	send_file("argv", mfd, 0);
 	close(mfd);
-	devfuse = open("/dev/fuse", O_RDWR | O_CLOEXEC);
+	devfuse = open_as_caller(fusedev_path, O_RDWR | O_CLOEXEC);
 	if (devfuse < 0)
-		fail("open(/dev/fuse)");
+		fail("open(fusedev)");
 	send_file("fusedev", devfuse, 0);
 
 	int exitcode = -1;
@@ -236,9 +316,13 @@ int main(int argc, char **argv)
 			break;
 		p[n] = 0;
 		uint32_t magic = n >= 4 ? get32(p) : 0;
+		if (quit_at && strlen(quit_at) == 4 && magic == M(quit_at[0], quit_at[1], quit_at[2], quit_at[3])) {
+			fprintf(stderr, "service-client: quitting at %s as asked\n", quit_at);
+			return 4;
+		}
 		if ((magic == OPEN_CMD || magic == BDEV_CMD) && n >= 21) {
 			const char *what = (char *)p + 20;
-			int fd = open(what, (int)(get32(p + 4) & ~(uint32_t)O_CREAT) | O_CLOEXEC);
+			int fd = open_as_caller(answer_open ? answer_open : what, (int)(get32(p + 4) & ~(uint32_t)O_CREAT) | O_CLOEXEC);
 			send_file(what, fd, fd < 0 ? (uint32_t)errno : 0);
 			if (fd >= 0)
 				close(fd);
@@ -284,6 +368,10 @@ int main(int argc, char **argv)
 		}
 	}
 	close(sock);
+	if (just_mount) {
+		printf("bye %d\n", exitcode);
+		return exitcode == 0 ? 0 : 1;
+	}
 	if (!mounted) {
 		fprintf(stderr, "service-client: the service ended without a mount (exit code %d)\n", exitcode);
 		return 1;

@@ -1,0 +1,64 @@
+// Test helpers for the shipped server definitions (test/servers.test.ts): images of each format
+// made from a tree, and the processes of a runtime directory's instances whatever their names.
+import { chmodSync, chownSync, mkdirSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { execa } from 'execa';
+import { USER } from './harness.js';
+
+/** A small tree with nested directories, a name with a space and a 3 MiB random file; owned by uid. */
+export async function makeTree(dir: string, uid = USER): Promise<string> {
+  const src = path.join(dir, 'tree');
+  mkdirSync(path.join(src, 'sub', 'deeper'), { recursive: true });
+  for (let i = 0; i < 20; i++) writeFileSync(path.join(src, i % 2 ? 'sub' : 'sub/deeper', `f${i}.txt`), `file ${i}\n`.repeat(i * 37 + 1));
+  writeFileSync(path.join(src, 'name with space'), 'spaced\n');
+  writeFileSync(path.join(src, 'big.bin'), randomBytes(3 << 20));
+  await execa('chown', ['-R', `${uid}:${uid}`, src]);
+  await execa('chmod', ['-R', 'u+rwX,go+rX', src]);
+  return src;
+}
+
+export type Format = 'squashfs' | 'iso9660' | 'zip' | 'archive';
+
+/** An image of `src` in the given format, owned by uid, mode 0600. */
+export async function makeFormatImage(dir: string, fstype: Format, src: string, uid = USER): Promise<string> {
+  const img = path.join(dir, `image.${fstype}`);
+  const t = { timeout: 60000 };
+  if (fstype === 'squashfs') await execa('mksquashfs', [src, img, '-noappend', '-quiet', '-no-progress'], t);
+  else if (fstype === 'iso9660') await execa('genisoimage', ['-quiet', '-R', '-J', '-o', img, src], t);
+  else if (fstype === 'zip') await execa('sh', ['-c', `cd "${src}" && zip -qr -X "${img}" .`], t);
+  else await execa('tar', ['-cf', img, '-C', src, '.'], t);
+  chownSync(img, uid, uid);
+  chmodSync(img, 0o600);
+  return img;
+}
+
+/**
+ * The launchers serving runtimeDir's instances (fd 2 is an instance log there; pooled idle
+ * launchers excluded unless `pooled`) and their direct children, whatever the server binary is called.
+ */
+export function instanceTree(runtimeDir: string, o: { pooled?: boolean } = {}): { pid: number; comm: string }[] {
+  const all: { pid: number; comm: string; ppid: number }[] = [];
+  for (const p of readdirSync('/proc')) {
+    if (!/^\d+$/.test(p)) continue;
+    try {
+      const stat = readFileSync(`/proc/${p}/stat`, 'utf8');
+      const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      if (rest[0] === 'Z') continue;
+      all.push({ pid: Number(p), comm: stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')')), ppid: Number(rest[1]) });
+    } catch {
+      /* gone */
+    }
+  }
+  const launchers = new Set<number>();
+  for (const p of all) {
+    if (!p.comm.startsWith('fuse-svc-launch')) continue;
+    try {
+      const log = readlinkSync(`/proc/${p.pid}/fd/2`);
+      if (log.startsWith(runtimeDir + '/') && (o.pooled || !/\/pool-\d+\.log$/.test(log))) launchers.add(p.pid);
+    } catch {
+      /* gone */
+    }
+  }
+  return all.filter((p) => launchers.has(p.pid) || launchers.has(p.ppid)).map(({ pid, comm }) => ({ pid, comm }));
+}

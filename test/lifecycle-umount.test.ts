@@ -1,0 +1,103 @@
+// Issue 10: a umount(2) by anyone allowed to ends the instance, as it ends a plain FUSE mount:
+// root's `umount DIR`, the owner's `fusermount3 -u DIR`, and `umount -l DIR` (lazy: the
+// instance ends when the last user of the mount goes). The launcher holds no reference to the
+// mount once it is attached (no "target is busy"); the server flushes and exits; `list` shows
+// the instance ended; the image is clean; nothing is left.
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { spawn } from 'node:child_process';
+import { rmSync } from 'node:fs';
+import path from 'node:path';
+import { execa } from 'execa';
+import { BrokerClient } from '../helper/client.js';
+import { NATIVE, instanceProcesses, makeDir, makeImage, newCaller, sleep, startBroker, tmpdir, waitFor, type Broker, type Caller } from './lib/harness.js';
+
+const CLIENT = path.join(NATIVE, 'fuse-svc-client');
+let broker: Broker;
+let caller: Caller;
+let dir: string;
+
+test.before(async () => {
+  dir = tmpdir('fuse-svc-umount-');
+  broker = await startBroker();
+  caller = await newCaller();
+});
+
+test.after(async () => {
+  await broker?.stop();
+  await caller?.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+async function mountOne(name: string): Promise<{ img: string; mnt: string; id: number }> {
+  const img = await makeImage(dir, `${name}.img`, 16);
+  const mnt = makeDir(path.join(dir, name));
+  const m = await caller.run([CLIENT, '--socket', broker.socket, '--json', 'mount', '-t', 'ext4', '-o', 'rw', img, mnt]);
+  assert.is(m.exitCode, 0, m.stderr);
+  const w = await caller.run(['sh', '-c', `echo data > ${mnt}/f && sync`]);
+  assert.is(w.exitCode, 0, w.stderr);
+  return { img, mnt, id: (JSON.parse(m.stdout) as { id: number }).id };
+}
+
+const state = async (id: number) => (await new BrokerClient({ socket: broker.socket }).list()).find((m) => m.id === id)?.state;
+
+async function endsCleanly(what: string, id: number, img: string, mnt: string, ms = 2000): Promise<void> {
+  const t0 = Date.now();
+  await waitFor(`${what}: the instance ends`, async () => (await state(id)) !== 'running', ms + 3000, 50);
+  assert.ok(Date.now() - t0 < ms + 1000, `${what}: ended within ${ms} ms (${Date.now() - t0} ms)`);
+  assert.ok(!caller.fuseMounts().includes(mnt), `${what}: no mount left`);
+  await waitFor(`${what}: no process left`, () => instanceProcesses(broker.runtimeDir).length === 0, 5000);
+  const fsck = await execa('e2fsck', ['-fn', img], { reject: false });
+  assert.is(fsck.exitCode, 0, `${what}: e2fsck -fn clean: ${fsck.stdout}`);
+}
+
+test('root: `umount DIR` is not "busy" and ends the instance', async () => {
+  const { img, mnt, id } = await mountOne('root-umount');
+  const u = await execa('nsenter', ['-t', String(caller.pid), '-m', '--', 'umount', mnt], { reject: false });
+  assert.is(u.exitCode, 0, `umount: ${u.stderr}`);
+  await endsCleanly('umount', id, img, mnt);
+});
+
+test('the owner: `fusermount3 -u DIR` ends the instance', async () => {
+  const { img, mnt, id } = await mountOne('fusermount');
+  const u = await caller.run(['fusermount3', '-u', mnt]);
+  assert.is(u.exitCode, 0, `fusermount3 -u: ${u.stderr}`);
+  await endsCleanly('fusermount3 -u', id, img, mnt);
+});
+
+test('`umount -l DIR`: the instance serves its last user, then ends when that user goes', async () => {
+  const { img, mnt, id } = await mountOne('lazy');
+  // The owner keeps a file open on the mount (and its cwd in it).
+  const holder = spawn('nsenter', ['-t', String(caller.pid), '-m', '--', 'setpriv', '--reuid', '1000', '--regid', '1000', '--clear-groups', '--',
+    'sh', '-c', `cd ${mnt} && exec sleep 30 < f`], { stdio: 'ignore' });
+  try {
+    await sleep(300);
+    const u = await execa('nsenter', ['-t', String(caller.pid), '-m', '--', 'umount', '-l', mnt], { reject: false });
+    assert.is(u.exitCode, 0, `umount -l: ${u.stderr}`);
+    await sleep(1500);
+    assert.is(await state(id), 'running', 'still serving its last user');
+    assert.ok(!caller.fuseMounts().includes(mnt), 'detached from the tree');
+  } finally {
+    holder.kill('SIGKILL');
+    await new Promise((r) => holder.once('exit', r));
+  }
+  await endsCleanly('umount -l', id, img, mnt);
+});
+
+test('the broker\'s own unmount still works, also for a mount point a caller covered', async () => {
+  const { img, mnt, id } = await mountOne('covered');
+  // A tmpfs over the mount point: unmount by id must not detach the caller's tmpfs.
+  await execa('nsenter', ['-t', String(caller.pid), '-m', '--', 'mount', '-t', 'tmpfs', 'cover', mnt]);
+  const u = await caller.run([CLIENT, '--socket', broker.socket, 'unmount', '--id', String(id)]);
+  assert.is(u.exitCode, 0, u.stderr);
+  const tmpfsStill = caller.mountinfo().split('\n').some((l) => l.split(' ')[4] === mnt && / - tmpfs /.test(l));
+  assert.ok(tmpfsStill, 'the caller\'s covering tmpfs is left alone');
+  await execa('nsenter', ['-t', String(caller.pid), '-m', '--', 'umount', mnt]);
+  await execa('nsenter', ['-t', String(caller.pid), '-m', '--', 'umount', '-l', mnt], { reject: false });
+  await waitFor('the instance ends', async () => (await state(id)) !== 'running', 15000);
+  await waitFor('no process left', () => instanceProcesses(broker.runtimeDir).length === 0, 5000);
+  const fsck = await execa('e2fsck', ['-fn', img], { reject: false });
+  assert.is(fsck.exitCode, 0, fsck.stdout);
+});
+
+test.run();
