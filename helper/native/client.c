@@ -806,29 +806,7 @@ static void put_json_string_safe(struct json_buf *b, const char *s, size_t n)
 /* json_buf_put_value with put_json_string_safe for every string and key. */
 static void put_json_safe(struct json_buf *b, const struct json_value *v)
 {
-    switch (v->type) {
-    case JSON_NULL: json_buf_puts(b, "null"); break;
-    case JSON_FALSE: json_buf_puts(b, "false"); break;
-    case JSON_TRUE: json_buf_puts(b, "true"); break;
-    case JSON_NUMBER: json_buf_put(b, v->u.num.text, v->u.num.len); break;
-    case JSON_STRING: put_json_string_safe(b, v->u.str.s, v->u.str.len); break;
-    case JSON_ARRAY:
-    case JSON_OBJECT: {
-        int obj = v->type == JSON_OBJECT;
-        json_buf_put(b, obj ? "{" : "[", 1);
-        for (const struct json_value *m = v->u.list.first; m; m = m->next) {
-            if (m != v->u.list.first)
-                json_buf_put(b, ",", 1);
-            if (obj) {
-                put_json_string_safe(b, m->key, m->key_len);
-                json_buf_put(b, ":", 1);
-            }
-            put_json_safe(b, m);
-        }
-        json_buf_put(b, obj ? "}" : "]", 1);
-        break;
-    }
-    }
+    json_buf_put_value_with(b, v, put_json_string_safe);
 }
 
 #define LIST_COLS 9

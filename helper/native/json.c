@@ -704,14 +704,14 @@ void json_buf_put_string(struct json_buf *b, const char *s, size_t n)
     json_buf_put(b, "\"", 1);
 }
 
-void json_buf_put_value(struct json_buf *b, const struct json_value *v)
+void json_buf_put_value_with(struct json_buf *b, const struct json_value *v, json_put_string_fn put_string)
 {
     switch (v->type) {
     case JSON_NULL: json_buf_puts(b, "null"); break;
     case JSON_FALSE: json_buf_puts(b, "false"); break;
     case JSON_TRUE: json_buf_puts(b, "true"); break;
     case JSON_NUMBER: json_buf_put(b, v->u.num.text, v->u.num.len); break;
-    case JSON_STRING: json_buf_put_string(b, v->u.str.s, v->u.str.len); break;
+    case JSON_STRING: put_string(b, v->u.str.s, v->u.str.len); break;
     case JSON_ARRAY:
     case JSON_OBJECT: {
         int obj = v->type == JSON_OBJECT;
@@ -720,13 +720,18 @@ void json_buf_put_value(struct json_buf *b, const struct json_value *v)
             if (m != v->u.list.first)
                 json_buf_put(b, ",", 1);
             if (obj) {
-                json_buf_put_string(b, m->key, m->key_len);
+                put_string(b, m->key, m->key_len);
                 json_buf_put(b, ":", 1);
             }
-            json_buf_put_value(b, m);
+            json_buf_put_value_with(b, m, put_string);
         }
         json_buf_put(b, obj ? "}" : "]", 1);
         break;
     }
     }
+}
+
+void json_buf_put_value(struct json_buf *b, const struct json_value *v)
+{
+    json_buf_put_value_with(b, v, json_buf_put_string);
 }

@@ -82,6 +82,9 @@ void json_buf_puts(struct json_buf *b, const char *s);
 void json_buf_put_string(struct json_buf *b, const char *s, size_t n);
 /* Serializes a parsed value compactly (numbers as written, strings re-escaped). */
 void json_buf_put_value(struct json_buf *b, const struct json_value *v);
+/* The same, with every string and key written by put_string (a stricter escaper, say). */
+typedef void (*json_put_string_fn)(struct json_buf *b, const char *s, size_t n);
+void json_buf_put_value_with(struct json_buf *b, const struct json_value *v, json_put_string_fn put_string);
 
 /* 1 when s[0..n) is valid UTF-8 (no overlongs, no surrogates, <= U+10FFFF), else 0. */
 int json_utf8_valid(const char *s, size_t n);
