@@ -18,6 +18,7 @@ import { UidAllocator } from './uids.js';
 import { dropCallerFds, setStuckShare, stuckCount } from './fdsafe.js';
 import { INSTANCE_LOG_MAX, planLogCaps, type LogEntry } from './logcap.js';
 import { keepFailedLog } from './failed-logs.js';
+import { bindListener, closeListener, type BoundSocket } from './socket-path.js';
 
 const ENDED_KEEP_MS = 10 * 60 * 1000;
 /** How long the record of a possibly dead mount is kept for its owner to unmount it. */
@@ -43,6 +44,7 @@ const LAUNCHER_TEARDOWN_GRACE_MS = 5000;
 
 export class Broker {
   private listenFd = -1;
+  private bound?: BoundSocket;
   private listenWatcher?: sock.Watcher;
   private readonly conns = new Set<Conn>();
   readonly instances = new Map<number, Instance>();
@@ -118,7 +120,8 @@ export class Broker {
       if (!lstatSync(p).isSocket()) throw new Error(`${p} exists and is not a socket; refusing to replace it`);
       unlinkSync(p); // a stale socket from a previous broker; a live one would be replaced too, as inetd does
     }
-    this.listenFd = sock.listenSeqpacket(p, 128);
+    this.bound = bindListener(p, 'seqpacket', 128);
+    this.listenFd = this.bound.fd;
     setSocketModeNoFollow(p, this.cfg.socketMode, this.cfg.socketGroup === undefined ? undefined : groupId(this.cfg.socketGroup));
     this.listenWatcher = sock.poll(this.listenFd, 'readable', () => this.acceptAll());
     log.info(`listening on ${p} (mode ${this.cfg.socketMode.toString(8).padStart(4, '0')}${this.cfg.socketGroup ? `, group ${this.cfg.socketGroup}` : ''}); ${this.liveCount()} live instance(s)`);
@@ -130,14 +133,10 @@ export class Broker {
     clearInterval(this.logTimer);
     this.listenWatcher?.stop();
     clearTimeout(this.acceptPaused);
-    if (this.listenFd >= 0) {
-      sock.close(this.listenFd);
+    if (this.bound) {
+      closeListener(this.bound);
+      this.bound = undefined;
       this.listenFd = -1;
-      try {
-        unlinkSync(this.cfg.socket);
-      } catch {
-        /* already gone */
-      }
     }
     for (const c of this.conns) this.finish(c);
     const pools = [...this.pools.values()].map((p) => p.close());

@@ -17,6 +17,7 @@ import { parseMountOptions, type Caller } from './policy.js';
 import { RequestError, oneLine, type ErrorCode } from './protocol.js';
 import { checkRootDir, openDirNoFollow, openSubdir, readFileNoFollow, syncDir, unlinkNoFollow, UnsafePathError, writeFileNoFollow } from './safefile.js';
 import { acquireLockFile } from './rundir.js';
+import { bindListener, closeListener, type BoundSocket } from './socket-path.js';
 
 /** Largest request body read (Docker's are a few hundred bytes). */
 export const MAX_PLUGIN_BODY = 64 * 1024;
@@ -64,6 +65,7 @@ export function acquirePluginLock(cfg: Config): number | undefined {
 
 export class DockerPlugin {
   private listenFd = -1;
+  private bound?: BoundSocket;
   private watcher?: sock.Watcher;
   private readonly http: http.Server;
   private readonly sockets = new Set<net.Socket>();
@@ -105,7 +107,8 @@ export class DockerPlugin {
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
     }
-    this.listenFd = sock.listenStream(p, 64);
+    this.bound = bindListener(p, 'stream', 64);
+    this.listenFd = this.bound.fd;
     setSocketModeNoFollow(p, 0o600, 0);
     this.watcher = sock.poll(this.listenFd, 'readable', () => this.acceptAll());
     const live = Object.keys(this.mounts).length;
@@ -114,14 +117,10 @@ export class DockerPlugin {
 
   close(): void {
     this.watcher?.stop();
-    if (this.listenFd >= 0) {
-      sock.close(this.listenFd);
+    if (this.bound) {
+      closeListener(this.bound);
+      this.bound = undefined;
       this.listenFd = -1;
-      try {
-        unlinkSync(this.cfg.dockerPluginSocket);
-      } catch {
-        /* gone */
-      }
     }
     for (const s of this.sockets) s.destroy();
     this.http.close();

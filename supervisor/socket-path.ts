@@ -22,3 +22,28 @@ export function unlinkIfSame(p: string, dev: number, ino: number): void {
   // Callers keep such sockets in directories only root may write (checked at start).
   unlinkSync(p);
 }
+
+/** A socket this process bound and listens on at a path; only that inode is ever unlinked. */
+export type BoundSocket = { path: string; fd: number; dev: number; ino: number };
+
+/** Binds and listens at `p` (which must not exist: bind never replaces a file). */
+export function bindListener(p: string, kind: 'seqpacket' | 'stream', backlog: number): BoundSocket {
+  const fd = kind === 'stream' ? sock.listenStream(p, backlog) : sock.listenSeqpacket(p, backlog);
+  try {
+    const st = lstatSync(p);
+    return { path: p, fd, dev: st.dev, ino: st.ino };
+  } catch (e) {
+    sock.close(fd);
+    throw e;
+  }
+}
+
+/** Stops listening and removes the socket file, unless someone replaced it since the bind. */
+export function closeListener(b: BoundSocket): void {
+  sock.close(b.fd);
+  try {
+    unlinkIfSame(b.path, b.dev, b.ino);
+  } catch {
+    /* gone, or someone else's now: left alone */
+  }
+}

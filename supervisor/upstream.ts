@@ -15,7 +15,7 @@ import { helperIdentity } from './identity.js';
 import { log } from './log.js';
 import { RequestError, errorReply, oneLine } from './protocol.js';
 import { checkSecureDir } from './rundir.js';
-import { probeLive, unlinkIfSame } from './socket-path.js';
+import { bindListener, closeListener, probeLive, unlinkIfSame, type BoundSocket } from './socket-path.js';
 import { readFileNoFollow, writeFileNoFollow } from './safefile.js';
 import {
   ARGV_MAX_BYTES,
@@ -45,7 +45,7 @@ const MS_NOEXEC = 8;
 /** RUNDIR file naming the sockets this broker bound (dev:ino per path), so that only those are ever removed. */
 const RECORD = 'upstream-sockets';
 
-type Listener = { type: string; path: string; fd: number; watcher: sock.Watcher; dev: number; ino: number };
+type Listener = BoundSocket & { type: string; watcher: sock.Watcher };
 
 /** errno number -> "EPERM" (os.constants.errno reversed). */
 function errnoName(e: number): string {
@@ -111,17 +111,16 @@ export class UpstreamSockets {
         return undefined;
       }
     }
-    let fd: number;
+    let bound: BoundSocket;
     try {
-      fd = sock.listenSeqpacket(p, 128);
+      bound = bindListener(p, 'seqpacket', 128);
     } catch (e) {
       // EADDRINUSE: another broker bound it between our probe and bind (it holds no lock of ours).
       log.warn(`upstream socket ${p}: ${(e as Error).message}; not serving ${type} there`);
       return undefined;
     }
-    const mine = lstatSync(p);
     setSocketModeNoFollow(p, this.cfg.upstreamSocketMode, undefined);
-    const l: Listener = { type, path: p, fd, dev: mine.dev, ino: mine.ino, watcher: sock.poll(fd, 'readable', () => this.acceptAll(l)) };
+    const l: Listener = { type, ...bound, watcher: sock.poll(bound.fd, 'readable', () => this.acceptAll(l)) };
     log.info(`upstream socket: listening on ${p} for ${type} (libfuse contained-service protocol, mode ${this.cfg.upstreamSocketMode.toString(8).padStart(4, '0')})`);
     return l;
   }
@@ -145,12 +144,7 @@ export class UpstreamSockets {
     this.closed = true;
     for (const l of this.listeners) {
       l.watcher.stop();
-      sock.close(l.fd);
-      try {
-        unlinkIfSame(l.path, l.dev, l.ino);
-      } catch {
-        /* gone, or replaced by someone else's: left alone */
-      }
+      closeListener(l);
     }
     this.listeners.length = 0;
     try {
