@@ -127,13 +127,24 @@ function compile(launcher: string, text: Buffer, wantPolicy: boolean, wantNotify
   return records;
 }
 
-/** The compiler exits as it closes its output; reaped as soon as the kernel says it is gone. */
+const nap = new Int32Array(new SharedArrayBuffer(4));
+/**
+ * The compiler exits right after it closes its output: reaped here (a few 1 ms naps at most),
+ * so no zombie outlives a short-lived caller; a slow one is left to a watcher.
+ */
 function reap(pid: number): void {
   let pidfd: number;
   try {
     pidfd = sock.pidfdOpen(pid);
   } catch {
-    return; // already reaped by nobody else: cannot happen for our own child; nothing to do
+    return; // cannot happen for our own unreaped child; nothing to do
+  }
+  for (let i = 0; i < 200; i++) {
+    if (sock.pidfdReap(pidfd)) {
+      sock.close(pidfd);
+      return;
+    }
+    Atomics.wait(nap, 0, 0, 1);
   }
   const w = sock.poll(pidfd, 'readable', () => {
     w.stop();

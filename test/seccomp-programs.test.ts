@@ -5,11 +5,11 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { spawnSync } from 'node:child_process';
-import { readFileSync, readdirSync, rmSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { DEFAULTS } from '../supervisor/config.js';
 import { InstanceDir, spawnLauncher, waitPidfd } from '../supervisor/instances.js';
-import { commandSpec, renderSpec, seccompRecords, type SpecRecord } from '../supervisor/launch-spec.js';
+import { commandSpec, mountSpec, renderSpec, seccompRecords, type SpecRecord } from '../supervisor/launch-spec.js';
 import { withPrecompiledSeccomp } from '../supervisor/seccomp-programs.js';
 import { loadServers } from '../supervisor/servers.js';
 import * as sock from '../helper/native/socket.js';
@@ -84,11 +84,11 @@ test('the broker-side cache: one compile per definition, the rules replaced by p
 });
 
 /** Starts a launcher on `spec` as given (no broker-side compile) and returns its readiness. */
-async function launchAsIs(spec: SpecRecord[], uid: number): Promise<{ r: Awaited<ReturnType<typeof spawnLauncher>['ready']>; log: string }> {
+async function launchAsIs(spec: SpecRecord[], uid: number, fds: number[] = []): Promise<{ r: Awaited<ReturnType<typeof spawnLauncher>['ready']>; log: string }> {
   const runtimeDir = tmpdir('fuse-svc-seccomp-prog-');
   const dir = new InstanceDir(runtimeDir);
   const fixed = spec.map((r) => (r[0] === 'rundir' ? ['rundir', runtimeDir] : r[0] === 'uid' || r[0] === 'gid' ? [r[0], uid] : r));
-  const { pid, ready } = spawnLauncher({ launcher: LAUNCHER, spec: fixed, fds: [], logFile: dir.file(1, 'log'), readyTimeoutMs: 10000, precompileSeccomp: false });
+  const { pid, ready } = spawnLauncher({ launcher: LAUNCHER, spec: fixed, fds, logFile: dir.file(1, 'log'), readyTimeoutMs: 10000, precompileSeccomp: false });
   const pidfd = sock.pidfdOpen(pid);
   try {
     const r = await ready;
@@ -147,6 +147,39 @@ test('a launcher handed a cut, altered or foreign-arch program refuses to start,
     assert.match(r.message, msg, what);
     assert.not.match(r.message, /\n/, `${what}: one line`);
     assert.not.match(log, /server started/, `${what}: no server ran`);
+  }
+});
+
+test('a mount spec: its notify program must be there, notify openat(2), and mount(2) for fuse_handover notify', async () => {
+  const servers = loadServers(path.join(ROOT, 'server'));
+  const spec = (name: string) =>
+    withPrecompiledSeccomp(LAUNCHER, mountSpec({
+      id: 1, runtimeDir: '/run/x', uid: 65030, server: servers.get(name)!, policyDir: DEFAULTS.policyDir, standin: path.join(NATIVE, 'fusermount-standin'),
+      callerUid: 0, callerGid: 0, readOnly: true, serverOptions: [], fsname: 'img', fstype: name,
+    }));
+  const ext4 = spec('ext4');
+  const ntfs = spec('ntfs');
+  assert.equal(ext4.filter((r) => r[0] === 'seccomp_program').map((r) => r[1]), ['policy', 'notify']);
+  const notifyOf = (s: SpecRecord[]) => s.find((r) => r[0] === 'seccomp_program' && r[1] === 'notify')!;
+  const cases: [string, SpecRecord[], RegExp][] = [
+    ['no notify program', ext4.filter((r) => r !== notifyOf(ext4)), /source_sentinel with precompiled filters needs seccomp_program notify/],
+    // The policy program in the notify slot: checksum and arch are right, it notifies nothing.
+    ['a program that notifies no open', ext4.map((r) => (r === notifyOf(ext4) ? ['seccomp_program', 'notify', ...ext4.find((x) => x[0] === 'seccomp_program' && x[1] === 'policy')!.slice(2)] : r)), /seccomp_program notify does not notify openat/],
+    // ntfs-3g mounts through the notifier; the ext4 notify program has no mount(2) check.
+    ['fuse_handover notify without mount(2) in the program', ntfs.map((r) => (r === notifyOf(ntfs) ? notifyOf(ext4) : r)), /needs a seccomp_program notify that notifies mount/],
+  ];
+  // Refused while reading the spec, before the descriptors it names are used: stand-ins do.
+  const targetDir = tmpdir('fuse-svc-seccomp-prog-t-');
+  const fds = [openSync('/dev/null', 'r'), openSync(targetDir, 'r'), sock.pidfdOpen(process.pid)];
+  try {
+    for (const [what, s, msg] of cases) {
+      const { r } = await launchAsIs(s, 65031, fds);
+      assert.not.ok(r.ok, what);
+      if (!r.ok) assert.match(r.message, msg, `${what}: ${r.message}`);
+    }
+  } finally {
+    for (const fd of fds) closeSync(fd);
+    rmSync(targetDir, { recursive: true, force: true });
   }
 });
 

@@ -737,14 +737,15 @@ static int hex_digit(char c)
 	return -1;
 }
 
-/* Whether the program compares the syscall number (or the arch, for k == AUDIT_ARCH_*) with
- * k right after loading that field: the shape libseccomp gives every check. */
+/* Whether the program compares a field of seccomp_data (the arch, the syscall number) with k
+ * in the jumps that follow a load of that field: the shape libseccomp gives every check
+ * (ld [0]; jge #X32_BIT; jeq #nr...). */
 static bool program_tests(const struct seccomp_program *p, uint32_t field, uint32_t k)
 {
 	for (unsigned i = 0; i + 1 < p->len; i++)
 		if (p->insns[i].code == (BPF_LD | BPF_W | BPF_ABS) && p->insns[i].k == field) {
-			for (unsigned j = i + 1; j < p->len && p->insns[j].code == (BPF_JMP | BPF_JEQ | BPF_K); j++)
-				if (p->insns[j].k == k)
+			for (unsigned j = i + 1; j < p->len && BPF_CLASS(p->insns[j].code) == BPF_JMP; j++)
+				if (p->insns[j].code == (BPF_JMP | BPF_JEQ | BPF_K) && p->insns[j].k == k)
 					return true;
 		}
 	return false;
