@@ -73,14 +73,12 @@ test('the broker-side cache: one compile per definition, the rules replaced by p
   const server = loadServers(path.join(ROOT, 'server')).get('ext4')!;
   const mk = (id: number) => commandSpec({ id, runtimeDir: '/run/x', uid: 65010, server, policyDir: DEFAULTS.policyDir, standin: '/s', exec: '/usr/bin/true', argv: ['true'] });
   const a = withPrecompiledSeccomp(LAUNCHER, mk(1));
-  const t0 = process.hrtime.bigint();
   const b = withPrecompiledSeccomp(LAUNCHER, mk(2));
-  const us = Number(process.hrtime.bigint() - t0) / 1000;
   assert.not.ok(a.some((r) => r[0] === 'seccomp_rule' || r[0] === 'seccomp_default'));
   assert.equal(a.filter((r) => r[0] === 'seccomp_program').map((r) => r[1]), ['policy']);
+  // The same record object: the second spec reused the first compile, no second spawn.
   assert.ok(a.find((r) => r[0] === 'seccomp_program') === b.find((r) => r[0] === 'seccomp_program'), 'the second spec reuses the first compile');
-  // No timing assertion beyond "no new compile" (a spawn takes milliseconds; this machine is shared).
-  assert.ok(us < 50000, `cached lookup took ${us} µs`);
+  assert.equal(a.filter((r) => r[0] !== 'seccomp_program'), mk(1).filter((r) => !String(r[0]).startsWith('seccomp_')), 'every other record as it was');
 });
 
 /** Starts a launcher on `spec` as given (no broker-side compile) and returns its readiness. */
