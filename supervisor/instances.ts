@@ -6,6 +6,7 @@ import path from 'node:path';
 import * as sock from '../helper/native/socket.js';
 import { RequestError, isErrorCode, oneLine } from './protocol.js';
 import { renderSpec, type SpecRecord } from './launch-spec.js';
+import { withPrecompiledSeccomp } from './seccomp-programs.js';
 import { log } from './log.js';
 import { createFileNoFollow, openDirNoFollow, openSubdir, readFileNoFollow, writeFileNoFollow } from './safefile.js';
 
@@ -339,6 +340,11 @@ export type LaunchArgs = {
   fds: number[];
   logFile: string;
   readyTimeoutMs: number;
+  /**
+   * false: the launcher compiles the spec's seccomp rules itself, as before the programs
+   * were compiled once per definition (tests compare the two).
+   */
+  precompileSeccomp?: boolean;
 };
 
 /**
@@ -349,7 +355,12 @@ export type LaunchArgs = {
  * at exec (a FUSE flush that can wait forever, and Node waits for the exec).
  */
 export function spawnLauncher(a: LaunchArgs): { pid: number; ready: Promise<LaunchResult> } {
-  const spec = renderSpec(a.spec);
+  let spec: Buffer;
+  try {
+    spec = renderSpec(a.precompileSeccomp === false ? a.spec : withPrecompiledSeccomp(a.launcher, a.spec));
+  } catch (e) {
+    throw new RequestError('EINTERNAL', oneLine((e as Error).message));
+  }
   const opened: number[] = [];
   let readyRd = -1;
   let pid: number;

@@ -9,6 +9,7 @@ import { CgroupError, removeCgroups } from './cgroups.js';
 import { onPidfdExit, readReady, type InstanceDir, type LaunchResult } from './instances.js';
 import { log } from './log.js';
 import { renderSpec, type SpecRecord } from './launch-spec.js';
+import { withPrecompiledSeccomp } from './seccomp-programs.js';
 
 /** Ids for the cgroups of pooled launchers: far above instance ids, never the same. */
 export const POOL_ID_BASE = 1_000_000_000;
@@ -221,7 +222,7 @@ export class LauncherPool {
       });
       try {
         renameSync(e.logFile, logFile);
-        sock.send(e.sock, renderSpec(spec(e.cgroups)), fds);
+        sock.send(e.sock, renderSpec(withPrecompiledSeccomp(this.launcher, spec(e.cgroups))), fds);
       } catch (err) {
         log.warn(`launcher pool: launcher ${e.pid} could not take the request (${(err as Error).message}); spawning one`);
         sock.pidfdSendSignal(e.pidfd, 9);

@@ -13,8 +13,12 @@ import { NATIVE, ROOT, tmpdir } from './lib/harness.js';
 
 type Attempt = { check: string; allowed: boolean; errno: string; errno_num: number; detail: string };
 
-/** Runs the probe in the fuse2fs sandbox and returns its report, keyed by check. */
-export async function runProbe(uid = 65000): Promise<Map<string, Attempt>> {
+/**
+ * Runs the probe in the fuse2fs sandbox and returns its report, keyed by check. precompiled:
+ * the filters as the broker hands them (compiled once per definition); false: the launcher
+ * compiles the rules itself.
+ */
+export async function runProbe(uid = 65000, precompiled = true): Promise<Map<string, Attempt>> {
   const runtimeDir = tmpdir('fuse-svc-probe-');
   try {
     const dir = new InstanceDir(runtimeDir);
@@ -30,7 +34,7 @@ export async function runProbe(uid = 65000): Promise<Map<string, Attempt>> {
       argv: ['sandbox-probe'],
       binds: [{ src: path.join(NATIVE, 'sandbox-probe'), dst: '/probe' }],
     });
-    const { pid, ready } = spawnLauncher({ launcher: path.join(NATIVE, 'fuse-svc-launcher'), spec, fds: [], logFile: dir.file(1, 'log'), readyTimeoutMs: 10000 });
+    const { pid, ready } = spawnLauncher({ launcher: path.join(NATIVE, 'fuse-svc-launcher'), spec, fds: [], logFile: dir.file(1, 'log'), readyTimeoutMs: 10000, precompileSeccomp: precompiled });
     const pidfd = sock.pidfdOpen(pid);
     try {
       const r = await ready;
@@ -88,6 +92,16 @@ test('the fuse2fs sandbox refuses what a compromised server would try', async ()
   const ifaces = get('net_dev').detail.split(/\s+/).filter((w) => w.endsWith(':')).map((w) => w.slice(0, -1));
   assert.equal(ifaces, ['lo'], 'only loopback');
   assert.is(get('hostname').detail, 'fuse-svc');
+});
+
+test('the filters compiled once per definition refuse exactly what the launcher-built ones did', async () => {
+  const pre = await runProbe(65002, true);
+  const built = await runProbe(65003, false);
+  assert.is(pre.get('Seccomp')?.detail, '2');
+  // Everything the probe tried, with its outcome and errno (details hold pids and uids).
+  const outcome = (p: Map<string, Attempt>) => [...p.values()].map((a) => `${a.check} ${a.allowed} ${a.errno}`).sort();
+  assert.equal(outcome(pre), outcome(built));
+  assert.ok(pre.size > 30, `the probe tried ${pre.size} things`);
 });
 
 test.run();

@@ -26,6 +26,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -36,6 +37,7 @@
 #include <unistd.h>
 #include <sys/file.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/pidfd.h>
 #include <sys/prctl.h>
@@ -49,6 +51,7 @@
 #include <sys/uio.h>
 #include <sys/wait.h>
 #include <linux/capability.h>
+#include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <seccomp.h>
 
@@ -114,6 +117,12 @@ struct seccomp_rule_entry {
 	struct scmp_arg_cmp args[6];
 };
 
+/* A classic BPF program the broker had compiled once for the definition (seccomp_program). */
+struct seccomp_program {
+	struct sock_filter *insns;
+	unsigned len;
+};
+
 struct spec {
 	unsigned long long id;
 	const char *rundir;
@@ -165,6 +174,7 @@ struct spec {
 	size_t narches;
 	struct seccomp_rule_entry *rules;
 	size_t nrules;
+	struct seccomp_program prog_policy, prog_notify;
 	long long stop_timeout_ms, ready_timeout_ms;
 	bool listen_env;
 	bool cgroup_joined;     /* pooled: the launcher itself joined S.cgroups before the request */
@@ -179,7 +189,7 @@ static struct spec S = {
 /* ---------------------------------------------------------------------------------------- */
 /* Instance state                                                                            */
 
-enum role { ROLE_LAUNCHER, ROLE_SANDBOX, ROLE_HELPER };
+enum role { ROLE_LAUNCHER, ROLE_SANDBOX, ROLE_HELPER, ROLE_COMPILER };
 enum phase { PHASE_STARTING, PHASE_RUNNING, PHASE_STOPPING, PHASE_EXITED };
 
 static struct {
@@ -512,6 +522,10 @@ static noreturn void vfail(const char *code, int err, const char *fmt, va_list a
 	}
 	if (G.role == ROLE_HELPER)
 		_exit(err ? err : 1);
+	if (G.role == ROLE_COMPILER) {
+		readiness("error\t%s\t%s", code, msg);
+		_exit(EXIT_START_FAILED);
+	}
 
 	if (G.failing) {
 		logmsg("while failing: %s %s", code, msg);
@@ -701,6 +715,84 @@ static struct scmp_arg_cmp spec_seccomp_arg(char *text)
 	return cmp;
 }
 
+/* FNV-1a, 64 bit: catches a program cut or altered on its way, not a forger (the spec's
+ * author, the broker, could write any filter it likes). */
+static uint64_t fnv1a64(const void *data, size_t len)
+{
+	const unsigned char *b = data;
+	uint64_t h = 0xcbf29ce484222325ULL;
+	for (size_t i = 0; i < len; i++) {
+		h ^= b[i];
+		h *= 0x100000001b3ULL;
+	}
+	return h;
+}
+
+static int hex_digit(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	return -1;
+}
+
+/* Whether the program compares a field of seccomp_data (the arch, the syscall number) with k
+ * in the jumps that follow a load of that field: the shape libseccomp gives every check
+ * (ld [0]; jge #X32_BIT; jeq #nr...). */
+static bool program_tests(const struct seccomp_program *p, uint32_t field, uint32_t k)
+{
+	for (unsigned i = 0; i + 1 < p->len; i++)
+		if (p->insns[i].code == (BPF_LD | BPF_W | BPF_ABS) && p->insns[i].k == field) {
+			for (unsigned j = i + 1; j < p->len && BPF_CLASS(p->insns[j].code) == BPF_JMP; j++)
+				if (p->insns[j].code == (BPF_JMP | BPF_JEQ | BPF_K) && p->insns[j].k == k)
+					return true;
+		}
+	return false;
+}
+
+/*
+ * seccomp_program KIND LEN FNV HEX: LEN instructions, their bytes in hex, FNV-1a of those
+ * bytes. Checked here so that a program cut short, altered or built for another
+ * architecture stops the instance before anything is set up (the kernel then checks the
+ * instructions themselves when the sandbox loads them).
+ */
+static void spec_seccomp_program(struct seccomp_program *p, const char *kind, const char *len_s,
+				 const char *fnv_s, const char *hex)
+{
+	unsigned len = (unsigned)spec_uint(len_s, BPF_MAXINSNS);
+	size_t digits = strlen(hex);
+	unsigned char *bytes;
+	char *end;
+	uint64_t want;
+	if (len == 0)
+		spec_error("seccomp_program %s: no instructions", kind);
+	if (digits != (size_t)len * sizeof(struct sock_filter) * 2)
+		spec_error("seccomp_program %s: %zu hex digits for %u instructions (cut short or padded)", kind, digits, len);
+	if (strlen(fnv_s) != 16 || hex_digit(fnv_s[0]) < 0)
+		spec_error("seccomp_program %s: bad checksum field", kind);
+	errno = 0;
+	want = strtoull(fnv_s, &end, 16);
+	if (errno || *end)
+		spec_error("seccomp_program %s: bad checksum field", kind);
+	p->insns = xrealloc(NULL, (size_t)len * sizeof(struct sock_filter));
+	p->len = len;
+	bytes = (unsigned char *)p->insns;
+	for (size_t i = 0; i < digits; i += 2) {
+		int hi = hex_digit(hex[i]), lo = hex_digit(hex[i + 1]);
+		if (hi < 0 || lo < 0)
+			spec_error("seccomp_program %s: not lowercase hex at digit %zu", kind, i);
+		bytes[i / 2] = (unsigned char)(hi << 4 | lo);
+	}
+	if (fnv1a64(bytes, digits / 2) != want)
+		spec_error("seccomp_program %s: checksum mismatch (the program was altered or cut)", kind);
+	if (p->insns[0].code != (BPF_LD | BPF_W | BPF_ABS) || p->insns[0].k != offsetof(struct seccomp_data, arch))
+		spec_error("seccomp_program %s: does not begin by checking the architecture", kind);
+	if (!program_tests(p, offsetof(struct seccomp_data, arch), seccomp_arch_native()))
+		spec_error("seccomp_program %s: built for another architecture (no check for this machine's, AUDIT_ARCH 0x%08x)",
+			   kind, seccomp_arch_native());
+}
+
 static int spec_rlimit_resource(const char *name)
 {
 	static const struct { const char *name; int res; } names[] = {
@@ -737,6 +829,10 @@ static void spec_record(char **f, unsigned n)
 			nnp, cwd, exec, seccomp_default, stop, ready, listen_env, cgroup_joined;
 	} seen;
 	const char *k = f[0];
+	/* compile-seccomp reads only what the filters are made of */
+	if (G.role == ROLE_COMPILER && strcmp(k, "seccomp_default") && strcmp(k, "seccomp_arch") &&
+	    strcmp(k, "seccomp_rule") && strcmp(k, "source_sentinel") && strcmp(k, "fuse_handover"))
+		spec_error("compile-seccomp: %s is not a seccomp record", k);
 #define NF(min, max)                                                            \
 	do {                                                                        \
 		if (n - 1 < (min) || n - 1 > (max))                                     \
@@ -939,6 +1035,15 @@ static void spec_record(char **f, unsigned n)
 		for (unsigned i = 4; i < n; i++)
 			r.args[r.nargs++] = spec_seccomp_arg(f[i]);
 		APPEND(S.rules, S.nrules, r);
+	} else if (!strcmp(k, "seccomp_program")) {
+		struct seccomp_program *p = !strcmp(f[1], "policy") ? &S.prog_policy
+					  : !strcmp(f[1], "notify") ? &S.prog_notify : NULL;
+		NF(4, 4);
+		if (!p)
+			spec_error("seccomp_program: kind %s is neither policy nor notify", f[1]);
+		if (p->insns)
+			spec_error("repeated key: seccomp_program %s", f[1]);
+		spec_seccomp_program(p, f[1], f[2], f[3], f[4]);
 	} else if (!strcmp(k, "stop_timeout_ms")) {
 		NF(1, 1); ONCE(stop);
 		S.stop_timeout_ms = (long long)spec_uint(f[1], 86400000);
@@ -962,6 +1067,11 @@ static void spec_record(char **f, unsigned n)
 static void spec_check(void)
 {
 	spec_line = 0;
+	if (G.role == ROLE_COMPILER) {
+		if ((S.nrules || S.narches) && !S.have_seccomp)
+			spec_error("seccomp_rule/seccomp_arch without seccomp_default");
+		return;
+	}
 	if (!S.id || !S.rundir || !S.exec || S.nargs == 0)
 		spec_error("id, rundir, exec and arg are required");
 	if (S.uid == 0 || S.gid == 0)
@@ -989,6 +1099,21 @@ static void spec_check(void)
 		spec_error("listen_env puts the connection at fd 3; fuse_fd must differ");
 	if ((S.nrules || S.narches) && !S.have_seccomp)
 		spec_error("seccomp_rule/seccomp_arch without seccomp_default");
+	if (S.prog_policy.insns || S.prog_notify.insns) {
+		/* precompiled: the launcher builds nothing, so every filter the sandbox needs is here */
+		if (S.have_seccomp)
+			spec_error("seccomp_program excludes seccomp_default/seccomp_rule/seccomp_arch");
+		if (S.sentinel && !S.prog_notify.insns)
+			spec_error("source_sentinel with precompiled filters needs seccomp_program notify");
+		if (S.prog_notify.insns && !S.sentinel)
+			spec_error("seccomp_program notify without source_sentinel");
+		if (S.prog_notify.insns &&
+		    !program_tests(&S.prog_notify, offsetof(struct seccomp_data, nr), (uint32_t)seccomp_syscall_resolve_name("openat")))
+			spec_error("seccomp_program notify does not notify openat(2)");
+		if (S.fuse_notify &&
+		    !program_tests(&S.prog_notify, offsetof(struct seccomp_data, nr), (uint32_t)seccomp_syscall_resolve_name("mount")))
+			spec_error("fuse_handover notify needs a seccomp_program notify that notifies mount(2)");
+	}
 	if (S.listen_env) {
 		/* sd_listen_fds(3): one fd at 3; the server is pid 1 of its pid namespace */
 		static char *const listen[] = {"LISTEN_FDS=1", "LISTEN_PID=1", "LISTEN_FDNAMES=connection"};
@@ -2421,23 +2546,38 @@ static void send_fd(int sock, int fd)
  * action of all filters: ERRNO and KILL win over USER_NOTIF). Between here and execve()
  * nothing may open a file, or the child would wait for a launcher that waits for it.
  */
+static int load_program(const struct seccomp_program *p, unsigned flags, const char *what)
+{
+	struct sock_fprog prog = {.len = (unsigned short)p->len, .filter = p->insns};
+	long r = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, &prog);
+	if (r < 0)
+		die_errno("ESANDBOX", "seccomp(SECCOMP_SET_MODE_FILTER, %s)", what);
+	return (int)r;
+}
+
 static void install_filters(struct child_fds *c)
 {
 	int r;
 	if (S.sentinel) {
 		int listener;
-		r = seccomp_load(G.notifier);
-		if (r < 0) {
-			errno = -r;
-			die_errno("ESANDBOX", "seccomp_load(notify filter)");
+		if (S.prog_notify.insns) {
+			listener = load_program(&S.prog_notify, SECCOMP_FILTER_FLAG_NEW_LISTENER, "notify filter");
+		} else {
+			r = seccomp_load(G.notifier);
+			if (r < 0) {
+				errno = -r;
+				die_errno("ESANDBOX", "seccomp_load(notify filter)");
+			}
+			listener = seccomp_notify_fd(G.notifier);
+			if (listener < 0)
+				fail("ESANDBOX", "seccomp_notify_fd failed");
 		}
-		listener = seccomp_notify_fd(G.notifier);
-		if (listener < 0)
-			fail("ESANDBOX", "seccomp_notify_fd failed");
 		send_fd(c->sock_child, listener);
 		close(listener);
 		close(c->sock_child);
 	}
+	if (S.prog_policy.insns)
+		load_program(&S.prog_policy, 0, "policy");
 	if (G.policy) {
 		r = seccomp_load(G.policy);
 		if (r < 0) {
@@ -2505,7 +2645,7 @@ static noreturn void sandbox_child(struct child_fds *c)
 	if (chdir(S.cwd ? S.cwd : "/") < 0)
 		die_errno("ESANDBOX", "chdir(%s)", S.cwd ? S.cwd : "/");
 	drop_capabilities();
-	if ((S.nnp || G.policy || S.sentinel) && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+	if ((S.nnp || G.policy || S.prog_policy.insns || S.sentinel) && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
 		die_errno("ESANDBOX", "prctl(PR_SET_NO_NEW_PRIVS)");
 	arrange_fds(c);
 	umask(S.have_umask ? S.umask_value : 022);
@@ -3785,12 +3925,15 @@ static int instance_main(bool pooled, char **cgroups, size_t ncgroups)
 		logmsg("FUSE mount created");
 		step("mount");
 	}
-	/* libseccomp probes the kernel once; do it here, not after the notify filter is on */
-	seccomp_api_get();
+	/* Precompiled programs (seccomp_program) need no libseccomp here. Otherwise: libseccomp
+	 * probes the kernel once; do it here, not after the notify filter is on. */
+	if (S.have_seccomp || (S.sentinel && !S.prog_notify.insns))
+		seccomp_api_get();
 	if (S.have_seccomp)
 		G.policy = build_policy_filter();
 	if (S.sentinel) {
-		G.notifier = build_notify_filter();
+		if (!S.prog_notify.insns)
+			G.notifier = build_notify_filter();
 		G.nr_open = seccomp_syscall_resolve_name("open");
 		G.nr_openat = seccomp_syscall_resolve_name("openat");
 		G.nr_openat2 = seccomp_syscall_resolve_name("openat2");
@@ -3852,6 +3995,66 @@ static int detach_main(void)
 	return 0;
 }
 
+/* ---------------------------------------------------------------------------------------- */
+/* `fuse-svc-launcher compile-seccomp`: the filters of a definition, built once (issue 12 §2,
+ * 16 §2). Reads seccomp_default/arch/rule (and source_sentinel, fuse_handover: they decide the
+ * notify filter) on fd 3; writes the seccomp_program records an instance spec takes instead of
+ * the rules, or one `error CODE message` line. Nothing in the filters depends on the instance. */
+
+static void export_program(const char *kind, scmp_filter_ctx ctx)
+{
+	int fd = memfd_create("seccomp-bpf", MFD_CLOEXEC);
+	struct stat st;
+	unsigned char *bytes;
+	char head[96], *hex;
+	size_t len;
+	int r;
+	if (fd < 0)
+		die_errno("EINTERNAL", "memfd_create");
+	r = seccomp_export_bpf(ctx, fd);
+	if (r < 0) {
+		errno = -r;
+		die_errno("ESANDBOX", "seccomp_export_bpf(%s)", kind);
+	}
+	if (fstat(fd, &st) < 0)
+		die_errno("EINTERNAL", "fstat(memfd)");
+	len = (size_t)st.st_size;
+	if (len == 0 || len % sizeof(struct sock_filter) || len / sizeof(struct sock_filter) > BPF_MAXINSNS)
+		fail("ESANDBOX", "seccomp_export_bpf(%s): %zu bytes is no loadable program", kind, len);
+	bytes = xrealloc(NULL, len);
+	if (pread(fd, bytes, len, 0) != (ssize_t)len)
+		die_errno("EINTERNAL", "pread(memfd)");
+	close(fd);
+	hex = xrealloc(NULL, len * 2 + 2);
+	for (size_t i = 0; i < len; i++) {
+		static const char digits[] = "0123456789abcdef";
+		hex[2 * i] = digits[bytes[i] >> 4];
+		hex[2 * i + 1] = digits[bytes[i] & 15];
+	}
+	hex[2 * len] = '\n';
+	snprintf(head, sizeof head, "seccomp_program\t%s\t%zu\t%016llx\t", kind, len / sizeof(struct sock_filter),
+		 (unsigned long long)fnv1a64(bytes, len));
+	if (!write_all(STDOUT_FILENO, head, strlen(head)) || !write_all(STDOUT_FILENO, hex, len * 2 + 1))
+		die_errno("EINTERNAL", "write(stdout)");
+	free(hex);
+	free(bytes);
+	seccomp_release(ctx);
+}
+
+static int compile_main(void)
+{
+	G.role = ROLE_COMPILER;
+	/* the broker waits for our output: whatever happens, it ends (SIGALRM kills) */
+	alarm(10);
+	spec_read(3);
+	seccomp_api_get();
+	if (S.have_seccomp)
+		export_program("policy", build_policy_filter());
+	if (S.sentinel)
+		export_program("notify", build_notify_filter());
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	struct timespec ts;
@@ -3878,10 +4081,12 @@ int main(int argc, char **argv)
 		return init_main(argc - 1, argv + 1);
 	if (argc == 2 && !strcmp(argv[1], "detach"))
 		return detach_main();
+	if (argc == 2 && !strcmp(argv[1], "compile-seccomp"))
+		return compile_main();
 	if (argc == 2 && !strcmp(argv[1], "version")) {
 		printf("fuse-svc-launcher %s\n", LAUNCHER_VERSION);
 		return 0;
 	}
-	fprintf(stderr, "usage: fuse-svc-launcher instance [--pooled [--cgroup DIR]...] | detach | init -- CMD... | version\n");
+	fprintf(stderr, "usage: fuse-svc-launcher instance [--pooled [--cgroup DIR]...] | detach | compile-seccomp | init -- CMD... | version\n");
 	return EXIT_SPEC;
 }

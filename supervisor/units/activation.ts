@@ -8,6 +8,7 @@ import { chmodSync, closeSync, writeSync, chownSync, existsSync, lstatSync, mkdi
 import path from 'node:path';
 import * as sock from '../../helper/native/socket.js';
 import { renderSpec, type SpecRecord } from '../launch-spec.js';
+import { withPrecompiledSeccomp } from '../seccomp-programs.js';
 import { InstanceDir, processStartTime, signalLauncher, type UnitRecord } from '../instances.js';
 import { log as defaultLog } from '../log.js';
 import { oneLine } from '../protocol.js';
@@ -104,7 +105,8 @@ export function spawnInstance(launcher: string, spec: SpecRecord[], fds: number[
   // spawnDetached, not child_process: a child of Node's holds copies of every descriptor the
   // broker has (callers' FUSE files among them) and closes them at exec, which may wait on a
   // stopped server while Node waits for the exec (supervisor/fdsafe.ts).
-  const text = renderSpec(spec); // at most 64 KiB: fits the pipe, the write cannot block
+  // at most 64 KiB: fits the pipe, the write cannot block
+  const text = renderSpec(withPrecompiledSeccomp(launcher, spec));
   const opened: number[] = [];
   let pid: number;
   let pidfd: number;
