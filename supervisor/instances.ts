@@ -112,7 +112,7 @@ export class InstanceDir {
    * are written and read relative to it, instead of walking from / for each (issue 9: that walk
    * was a dozen syscalls per mount cycle). Held, the directory cannot be swapped for another
    * behind the broker: what a later rename or link at the path does is not followed. Every use
-   * re-checks it is still root's and writable by root alone (one fstat), as the walk did.
+   * re-checks it is still root's and writable by root alone (one fstat).
    */
   private readonly dirFd: number;
   private held(): number {
@@ -165,7 +165,7 @@ export class InstanceDir {
   newId(): number {
     if (this.idNext === undefined || this.idNext >= this.idLimit) {
       // Re-read at each block: the unit activator allocates from the same file (one process).
-      const saved = Number(/^(\d+)/.exec((readFileNoFollow(this.held(), 'next-id') ?? ''))?.[1] ?? 0);
+      const saved = Number(/^(\d+)/.exec(readFileNoFollow(this.held(), 'next-id') ?? '')?.[1] ?? 0);
       let next = Math.max(this.idNext ?? 1, saved);
       if (this.idNext === undefined) next = Math.max(next, Math.max(0, ...this.allIds()) + 1);
       this.idLimit = next + ID_BLOCK;
