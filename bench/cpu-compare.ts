@@ -3,7 +3,8 @@
 // DIR is a built checkout (default: this one); its own harness starts its own broker, and the
 // in-process client of that build mounts and unmounts N times. Printed per cycle: the broker's
 // CPU (all threads' se.sum_exec_runtime, exact), its user/system split (/proc stat ticks), and the
-// reaped children's (launchers, which reap their servers) cutime+cstime. Run as root, in a
+// reaped children's (launchers, which reap their servers) cutime+cstime, and the broker's minor
+// page faults (a fork of its address space shows there). Run as root, in a
 // private mount namespace: `unshare -m --propagation private node dist/bench/cpu-compare.js`.
 import { mkdirSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
@@ -22,7 +23,7 @@ const schedMs = (pid: number) =>
 const statMs = (pid: number) => {
   const s = readFileSync(`/proc/${pid}/stat`, 'utf8');
   const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
-  return { user: Number(f[11]) * 10, sys: Number(f[12]) * 10, children: (Number(f[13]) + Number(f[14])) * 10 };
+  return { minflt: Number(f[7]), user: Number(f[11]) * 10, sys: Number(f[12]) * 10, children: (Number(f[13]) + Number(f[14])) * 10 };
 };
 
 async function main(): Promise<void> {
@@ -48,7 +49,7 @@ async function main(): Promise<void> {
     await new Promise((r) => setTimeout(r, 1000)); // the last launcher reaped
     const s1 = schedMs(pid), t1 = statMs(pid);
     const per = (x: number) => (x / N).toFixed(2);
-    console.log(`${build}: ${N} cycles; per cycle: broker ${per(s1 - s0)} ms CPU (user ${per(t1.user - t0.user)}, sys ${per(t1.sys - t0.sys)}), launchers+servers ${per(t1.children - t0.children)} ms, wall ${((w1 - w0) / N).toFixed(1)} ms`);
+    console.log(`${build}: ${N} cycles; per cycle: broker ${per(s1 - s0)} ms CPU (user ${per(t1.user - t0.user)}, sys ${per(t1.sys - t0.sys)}, ${per(t1.minflt - t0.minflt)} minor faults), launchers+servers ${per(t1.children - t0.children)} ms, wall ${((w1 - w0) / N).toFixed(1)} ms`);
   } finally {
     await b.stop();
     rmSync(dir, { recursive: true, force: true });

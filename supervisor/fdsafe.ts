@@ -4,7 +4,9 @@
 // The broker therefore reads metadata only with calls that cannot reach the filesystem
 // (statx AT_STATX_DONT_SYNC, fcntl, /proc/self/fdinfo, readlink of /proc/self/fd), runs
 // fstatfs in a child that shares its descriptor table, and closes such descriptors in such
-// children too (helper/native/socket.c drop_fds). What may stay stuck is counted per uid.
+// children too, except those whose close it proves cannot block (an allow-list of kinds and
+// filesystems, in one place: helper/native/socket.c close_cannot_block). What may stay stuck
+// is counted per uid.
 import { readSync, closeSync } from 'node:fs';
 import * as sock from '../helper/native/socket.js';
 import { RequestError } from './protocol.js';
@@ -34,7 +36,8 @@ export function dropCallerFds(fds: readonly number[], uid: number): void {
   const live = fds.filter((fd) => fd >= 0);
   if (!live.length) return;
   try {
-    sock.dropFds(live, uid);
+    // All closed here (the usual image file and O_PATH target): no closer to reap.
+    if (sock.dropFds(live, uid) === 0) return;
     // Reap finished closers soon (each holds a pidfd until reaped); stuck ones stay counted.
     setTimeout(() => sock.closersAlive(-1), 20).unref();
     setTimeout(() => sock.closersAlive(-1), 500).unref();

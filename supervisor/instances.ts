@@ -8,7 +8,7 @@ import { RequestError, isErrorCode, oneLine } from './protocol.js';
 import { renderSpec, type SpecRecord } from './launch-spec.js';
 import { withPrecompiledSeccomp } from './seccomp-programs.js';
 import { log } from './log.js';
-import { createFileNoFollow, openDirNoFollow, openSubdir, readFileNoFollow, writeFileNoFollow } from './safefile.js';
+import { checkRootDir, createFileNoFollow, openDirNoFollow, openSubdir, readFileNoFollow, writeFileNoFollow } from './safefile.js';
 
 export type InstanceRecord = {
   id: number;
@@ -87,11 +87,6 @@ function unitLauncherAlive(u: UnitRecord, st: InstanceState | undefined): boolea
 /** Ids reserved in `next-id` at a time: one small write per this many instances. */
 const ID_BLOCK = 100;
 
-/** FILE's text when it is root's own regular file, not a link (safefile.ts); else dflt. */
-function readOr(file: string, dflt = ''): string {
-  return readFileNoFollow(path.dirname(file), path.basename(file)) ?? dflt;
-}
-
 export class InstanceDir {
   readonly dir: string;
   readonly uidDir: string;
@@ -102,27 +97,45 @@ export class InstanceDir {
     // or someone else's directory was planted here.
     const root = openDirNoFollow(runtimeDir, 0o700);
     try {
-      for (const d of [this.dir, this.uidDir]) sock.close(openSubdir(root, path.basename(d), 0o700, d));
+      this.dirFd = openSubdir(root, 'instances', 0o700, this.dir);
+      try {
+        sock.close(openSubdir(root, 'uids', 0o700, this.uidDir));
+      } catch (e) {
+        sock.close(this.dirFd);
+        throw e;
+      }
     } finally {
       sock.close(root);
     }
+  }
+  /**
+   * instances/, opened once without following links and held for this object's life: records
+   * are written and read relative to it, instead of walking from / for each (issue 9: that walk
+   * was a dozen syscalls per mount cycle). Held, the directory cannot be swapped for another
+   * behind the broker: what a later rename or link at the path does is not followed. Every use
+   * re-checks it is still root's and writable by root alone (one fstat).
+   */
+  private readonly dirFd: number;
+  private held(): number {
+    checkRootDir(this.dirFd, this.dir);
+    return this.dirFd;
   }
   file(id: number, ext: 'json' | 'state' | 'log'): string {
     return path.join(this.dir, `${id}.${ext}`);
   }
   writeRecord(rec: InstanceRecord): void {
-    atomicWrite(this.file(rec.id, 'json'), JSON.stringify(rec) + '\n');
+    writeFileNoFollow(this.held(), `${rec.id}.json`, JSON.stringify(rec) + '\n');
   }
   readRecord(id: number): InstanceRecord | undefined {
     try {
-      return JSON.parse(readFileNoFollow(this.dir, `${id}.json`) ?? '') as InstanceRecord;
+      return JSON.parse(readFileNoFollow(this.held(), `${id}.json`) ?? '') as InstanceRecord;
     } catch {
       return undefined;
     }
   }
   readState(id: number): InstanceState | undefined {
     // Written by the launcher as root; anything else in its place is not believed.
-    const text = readFileNoFollow(this.dir, `${id}.state`);
+    const text = readFileNoFollow(this.held(), `${id}.state`);
     if (text === undefined) return undefined;
     const kv = Object.fromEntries(text.split('\n').filter((l) => l.includes('=')).map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]));
     const num = (k: string) => (kv[k] === undefined || kv[k] === '' ? undefined : Number(kv[k]));
@@ -153,11 +166,11 @@ export class InstanceDir {
   newId(): number {
     if (this.idNext === undefined || this.idNext >= this.idLimit) {
       // Re-read at each block: the unit activator allocates from the same file (one process).
-      const saved = Number(/^(\d+)/.exec(readOr(path.join(this.dir, 'next-id')))?.[1] ?? 0);
+      const saved = Number(/^(\d+)/.exec(readFileNoFollow(this.held(), 'next-id') ?? '')?.[1] ?? 0);
       let next = Math.max(this.idNext ?? 1, saved);
       if (this.idNext === undefined) next = Math.max(next, Math.max(0, ...this.allIds()) + 1);
       this.idLimit = next + ID_BLOCK;
-      atomicWrite(path.join(this.dir, 'next-id'), `${this.idLimit}\n`);
+      writeFileNoFollow(this.held(), 'next-id', `${this.idLimit}\n`);
       this.idNext = next;
     }
     return this.idNext++;
@@ -244,11 +257,11 @@ export class InstanceDir {
 
   /** The record of a socket-activated unit instance (UnitActivator): `fuse-svcd stop` ends it. */
   writeUnit(u: UnitRecord): void {
-    atomicWrite(path.join(this.dir, `${u.id}.unit`), JSON.stringify(u) + '\n');
+    writeFileNoFollow(this.held(), `${u.id}.unit`, JSON.stringify(u) + '\n');
   }
   readUnit(id: number): UnitRecord | undefined {
     try {
-      return JSON.parse(readFileNoFollow(this.dir, `${id}.unit`) ?? '') as UnitRecord;
+      return JSON.parse(readFileNoFollow(this.held(), `${id}.unit`) ?? '') as UnitRecord;
     } catch {
       return undefined;
     }
@@ -262,7 +275,7 @@ export class InstanceDir {
   logTail(id: number, bytes = 2048): string {
     try {
       // Tails go into replies to callers: never through a link to some other file.
-      return (readFileNoFollow(this.dir, `${id}.log`) ?? '').slice(-bytes);
+      return (readFileNoFollow(this.held(), `${id}.log`) ?? '').slice(-bytes);
     } catch {
       return '';
     }

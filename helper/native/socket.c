@@ -581,10 +581,10 @@ static void reserve_low_fds(void) {
  * Closing a descriptor a caller sent may block without end: close() of a file on a FUSE
  * filesystem sends FUSE_FLUSH and waits uninterruptibly for the caller's own server, which the
  * caller can SIGSTOP (BRIEF.md, "FUSE waits that no signal ends"). So the broker never closes
- * one on its own thread. drop_fds() closes O_PATH descriptors at once (they have no flush: no
- * file operations at all) and gives the others to a child cloned with CLONE_FILES: it shares
- * the broker's descriptor table, so its close() removes the broker's own entry, and the flush
- * waits in the child. Not a thread: a thread stuck in a FUSE wait would keep the broker from
+ * one on its own thread unless it proves the close cannot block (close_cannot_block, below:
+ * O_PATH, and files on memory filesystems or the broker's own root filesystem); it gives the
+ * others to a child cloned with CLONE_FILES: it shares the broker's descriptor table, so its
+ * close() removes the broker's own entry, and the flush waits in the child. Not a thread: a thread stuck in a FUSE wait would keep the broker from
  * exiting; a stuck child only keeps the shared table alive until its server answers. No
  * CLONE_VM: the child runs on a copy of the memory and only makes raw syscalls.
  * Each child is remembered with a tag (the caller's uid) so the broker can bound how many a
@@ -681,21 +681,154 @@ static long clone_files_child(int *pidfd) {
     return syscall(SYS_clone3, &ca, sizeof ca);
 }
 
-/* Returns 0, or an errno; on failure the descriptors are still open (the caller decides). */
-static int drop_fds(const int *fds, size_t n, int64_t tag) {
+/*
+ * Which caller descriptors the broker may close on its own thread: THE allow-list, the only
+ * place that decides. Everything not proven safe here goes to a closer child (above).
+ *
+ * A close can block only where it reaches code the caller controls or a device that may never
+ * answer: the file's ->flush and POSIX-lock removal (FUSE sends FLUSH/SETLK to the caller's
+ * server; NFS, CIFS, 9p send to a server), its ->release, and, when ours is the last
+ * reference, the inode's eviction (truncating an unlinked file writes to the device) and the
+ * mount's/superblock's teardown (a lazily unmounted mount: the filesystem's sync). The proof
+ * is made without touching the file's filesystem: statx with AT_STATX_DONT_SYNC (answered
+ * from the inode's cached attributes, never sent to a FUSE server: fs/fuse/dir.c
+ * fuse_update_get_attr; overlay passes the flag down to its layers) gives the type, the link
+ * count and the unique id of the descriptor's OWN mount (file->f_path.mnt, so a bind mount, a
+ * dup, a path renamed since or a link followed when it was opened cannot stand in for another
+ * mount); statmount(2) of that id gives its superblock's magic and device, which the kernel
+ * sets, never the filesystem's server. Safe are:
+ *  - O_PATH descriptors: no file operations at all (no flush, no release, no locks).
+ *  - A regular file or directory with links left (no eviction at our close) whose mount is in
+ *    the broker's own mount namespace (statmount finds only those: a mount the caller made or
+ *    detached in its own namespace answers ENOENT and goes to a closer; one the caller cannot
+ *    unmount is never torn down by our close), on:
+ *     - tmpfs, ramfs, hugetlbfs: memory only; no ->flush, release frees memory, no device.
+ *     - the superblock of the broker's own root filesystem, when that is ext2/3/4, xfs or
+ *       btrfs: none of them has a ->flush, their locks are in memory, and what a release may
+ *       write (ext4's and btrfs's flush-on-close after a truncate) goes to the device the
+ *       broker itself lives on: if that device stops, the broker is stopped already. Other
+ *       superblocks of these types are not trusted: one on a loop device can be backed by a
+ *       file on the caller's FUSE filesystem, and its writes then wait for that server.
+ * Not safe, so a closer: FUSE (any kind, sb magic 0x65735546), overlay (its layers may be
+ * FUSE), NFS, CIFS, 9p, ecryptfs, any other or unknown magic, devices (a driver's release),
+ * FIFOs, pipes and sockets (not verified), an unlinked file, a mount not in our namespace, a
+ * kernel without statmount (before 6.8: ENOSYS) or without the unique mount id.
+ */
+#ifndef SYS_statmount
+#define SYS_statmount 457 /* Linux 6.8, the same number on every architecture */
+#endif
+#define STATMOUNT_SB_BASIC 0x00000001U
+struct mnt_id_req_v0 {
+    uint32_t size, spare;
+    uint64_t mnt_id, param;
+};
+/* The head of struct statmount (include/uapi/linux/mount.h); the kernel fills the rest too. */
+struct statmount_head {
+    uint32_t size, mnt_opts;
+    uint64_t mask;
+    uint32_t sb_dev_major, sb_dev_minor;
+    uint64_t sb_magic;
+    uint32_t sb_flags, fs_type;
+};
+#define MAGIC_TMPFS 0x01021994U
+#define MAGIC_RAMFS 0x858458f6U
+#define MAGIC_HUGETLBFS 0x958458f6U
+#define MAGIC_EXT234 0x0000EF53U
+#define MAGIC_XFS 0x58465342U
+#define MAGIC_BTRFS 0x9123683EU
+
+/* The superblock of mount `mnt_id` in our namespace: 0, or an errno (ENOENT: not ours). */
+static int sb_of_mount(uint64_t mnt_id, struct statmount_head *out) {
+    struct mnt_id_req_v0 req = {.size = sizeof req, .mnt_id = mnt_id, .param = STATMOUNT_SB_BASIC};
+    /* The kernel writes the whole struct statmount (512 bytes in 6.18) and refuses a smaller
+     * buffer with EOVERFLOW; 4 KiB leaves room for later additions. */
+    union {
+        struct statmount_head head;
+        uint64_t raw[512];
+    } buf;
+    if (syscall(SYS_statmount, &req, &buf, sizeof buf, 0) < 0)
+        return errno;
+    if (!(buf.head.mask & STATMOUNT_SB_BASIC))
+        return EOPNOTSUPP;
+    *out = buf.head;
+    return 0;
+}
+
+/* The broker's root filesystem's superblock, looked up once (0 magic: unknown, not trusted). */
+static struct statmount_head root_sb;
+static bool root_sb_known;
+static void root_sb_lookup(void) {
+    if (root_sb_known)
+        return;
+    root_sb_known = true;
+    struct statx st;
+    if (statx(AT_FDCWD, "/", AT_SYMLINK_NOFOLLOW | AT_STATX_DONT_SYNC, STATX_MNT_ID_UNIQUE, &st) < 0 ||
+        !(st.stx_mask & STATX_MNT_ID_UNIQUE) || sb_of_mount(st.stx_mnt_id, &root_sb) != 0)
+        memset(&root_sb, 0, sizeof root_sb);
+}
+
+/* True only when closing `fd` (F_GETFL flags `fl`) on this thread provably cannot block. */
+static bool close_cannot_block(int fd, int fl) {
+    if (fl & O_PATH)
+        return true;
+    struct statx st;
+    if (statx(fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW | AT_STATX_DONT_SYNC,
+              STATX_TYPE | STATX_NLINK | STATX_MNT_ID_UNIQUE, &st) < 0)
+        return false;
+    if ((st.stx_mask & (STATX_TYPE | STATX_NLINK | STATX_MNT_ID_UNIQUE)) != (STATX_TYPE | STATX_NLINK | STATX_MNT_ID_UNIQUE))
+        return false;
+    if (!S_ISREG(st.stx_mode) && !S_ISDIR(st.stx_mode))
+        return false;
+    if (st.stx_nlink == 0)
+        return false;
+    struct statmount_head sb = {0};
+    if (sb_of_mount(st.stx_mnt_id, &sb) != 0)
+        return false;
+    switch ((uint32_t)sb.sb_magic) {
+    case MAGIC_TMPFS:
+    case MAGIC_RAMFS:
+    case MAGIC_HUGETLBFS:
+        return sb.sb_magic >> 32 == 0;
+    case MAGIC_EXT234:
+    case MAGIC_XFS:
+    case MAGIC_BTRFS:
+        root_sb_lookup();
+        return sb.sb_magic == root_sb.sb_magic && sb.sb_dev_major == root_sb.sb_dev_major &&
+               sb.sb_dev_minor == root_sb.sb_dev_minor;
+    default:
+        return false;
+    }
+}
+
+/* Counts for tests and benchmarks: descriptors closed here, and closers started. */
+static uint64_t n_closed_inline, n_closers_started;
+
+/*
+ * Returns 0, or an errno; on failure the descriptors are still open (the caller decides).
+ * *nslow_out: how many went to a closer (started or waiting for the tag's share).
+ */
+static int drop_fds(const int *fds, size_t n, int64_t tag, size_t *nslow_out) {
     int slow[SCM_MAX_FD];
     size_t nslow = 0;
+    if (nslow_out)
+        *nslow_out = 0;
     for (size_t i = 0; i < n; i++) {
         if (fds[i] < 0)
             continue;
         int fl = fcntl(fds[i], F_GETFL);
-        if (fl >= 0 && (fl & O_PATH))
+        if (fl < 0)
+            continue;
+        if (close_cannot_block(fds[i], fl)) {
             close(fds[i]);
-        else if (fl >= 0 && nslow < SCM_MAX_FD)
+            n_closed_inline++;
+        } else if (nslow < SCM_MAX_FD) {
             slow[nslow++] = fds[i];
+        }
     }
     if (nslow == 0)
         return 0;
+    if (nslow_out)
+        *nslow_out = nslow;
     closers_reap();
     if (closer_share > 0 && (int64_t)closers_of(tag) >= closer_share) {
         if (n_waiting + nslow > MAX_PENDING)
@@ -729,12 +862,13 @@ static int closer_start(const int *slow, size_t nslow, int64_t tag) {
     /* CLONE_FILES: the pidfd is in the shared table too; keep it out of exec'd children. */
     fcntl(pidfd, F_SETFD, FD_CLOEXEC);
     closers_add(pidfd, tag);
+    n_closers_started++;
     return 0;
 }
 
 /* dropFds(fds, tag): closes them off this thread (see drop_fds). Throws on failure, fds open. */
 static napi_value DropFds(napi_env env, napi_callback_info info) {
-    napi_value argv[2], out;
+    napi_value argv[2];
     bool is_array;
     uint32_t n;
     int fds[SCM_MAX_FD];
@@ -754,11 +888,23 @@ static napi_value DropFds(napi_env env, napi_callback_info info) {
             return NULL;
         fds[i] = (int)x;
     }
-    int err = drop_fds(fds, n, tag);
+    size_t nslow = 0;
+    int err = drop_fds(fds, n, tag, &nslow);
     if (err)
         return throw_errno(env, "clone3", err);
-    napi_get_undefined(env, &out);
-    return out;
+    return make_int(env, (int64_t)nslow);
+}
+
+/* closeStats() -> { inline, closers }: descriptors closed on this thread, closers started. */
+static napi_value CloseStats(napi_env env, napi_callback_info info) {
+    napi_value obj;
+    (void)info;
+    NAPI_OK(napi_create_object(env, &obj));
+    if (!set_int(env, obj, "inline", (int64_t)n_closed_inline) || !set_int(env, obj, "closers", (int64_t)n_closers_started)) {
+        throw_napi_failure(env, "building the closeStats result");
+        return NULL;
+    }
+    return obj;
 }
 
 /* closersAlive(tag) -> how many closers of that tag (-1: all) have not finished. */
@@ -910,7 +1056,7 @@ static napi_value Recv(napi_env env, napi_callback_info info) {
     }
 
     /* tag < 0: not a caller's descriptors (a client, a test): close them here. */
-    if (nextra && (tag < 0 || drop_fds(extra, nextra, tag) != 0)) {
+    if (nextra && (tag < 0 || drop_fds(extra, nextra, tag, NULL) != 0)) {
         /* No closer could be started: keeping them would leak; closing here may block. Close. */
         for (size_t i = 0; i < nextra; i++)
             close(extra[i]);
@@ -929,7 +1075,7 @@ static napi_value Recv(napi_env env, napi_callback_info info) {
          set_bool(env, result, "truncated", truncated) &&
          set_bool(env, result, "eof", n == 0 && nfds == 0 && !truncated);
     if (!ok) {
-        if (tag < 0 || drop_fds(fds, nfds, tag) != 0)
+        if (tag < 0 || drop_fds(fds, nfds, tag, NULL) != 0)
             for (size_t i = 0; i < nfds; i++)
                 close(fds[i]);
         throw_napi_failure(env, "building the recv result");
@@ -1759,7 +1905,7 @@ static napi_value Init(napi_env env, napi_value exports) {
         {"fstatfs", Fstatfs}, {"flock", Flock}, {"dupCloexec", DupCloexec},
         {"spawnDetached", SpawnDetached}, {"pipe", Pipe}, {"socketpair", Socketpair}, {"socketpairStream", SocketpairStream}, {"socketInfo", SocketInfo}, {"pidfdReap", PidfdReap},
         {"dropFds", DropFds}, {"closersAlive", ClosersAlive}, {"fstatfsStart", FstatfsStart},
-        {"closersPending", ClosersPending}, {"setCloserShare", SetCloserShare},
+        {"closersPending", ClosersPending}, {"setCloserShare", SetCloserShare}, {"closeStats", CloseStats},
     };
     static const struct {
         const char *name;

@@ -8,10 +8,12 @@
 // Lines on stdin: `burst N` sends N requests at once (a third `list` with the file attached,
 // a third `mount` with it as the source, a third `mount` with the stopped mount's root as the
 // target) and prints one JSON line {answered, codes, maxMs}; `one K` sends one request of kind
-// K (0 list, 1 source, 2 target) and prints {code, ms}; `cont` resumes the server,
-// unmounts and exits. Prints `ready SERVER_PID` once the server is stopped.
-import { spawn } from 'node:child_process';
-import { closeSync, constants, openSync, readFileSync } from 'node:fs';
+// K (0 list, 1 source, 2 target, 3 list with a file of an overlay over the FUSE mount) and
+// prints {code, ms}; `cont` resumes the server, unmounts and exits. Prints `ready SERVER_PID`
+// once the server is stopped. With STUCK_ATTACKER_OVERLAY=DIR (root only: an overlay mount
+// needs it) the FUSE mount is also the lower layer of an overlay mounted on DIR/o.
+import { spawn, spawnSync } from 'node:child_process';
+import { closeSync, constants, mkdirSync, openSync, readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import * as sock from '../../helper/native/socket.js';
 import { receivePacket } from '../../helper/client.js';
@@ -28,6 +30,18 @@ while (!readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((l) => l.s
   }
   await new Promise((r) => setTimeout(r, 50));
 }
+const overlay = process.env.STUCK_ATTACKER_OVERLAY;
+if (overlay) {
+  // Upper and work dirs on the overlay dir's own filesystem; the FUSE mount is the lower layer.
+  for (const d of ['u', 'w', 'o']) mkdirSync(`${overlay}/${d}`, { recursive: true });
+  const r = spawnSync('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${mnt},upperdir=${overlay}/u,workdir=${overlay}/w`, `${overlay}/o`], { encoding: 'utf8', timeout: 10000 });
+  if (r.status !== 0) {
+    process.stderr.write(`stuck-attacker: overlay over the FUSE mount: ${r.stderr}\n`);
+    process.exit(2);
+  }
+}
+// Opened through the overlay: the overlay's own descriptor holds the FUSE file open beneath.
+const ovlFile = overlay ? openSync(`${overlay}/o/f`, constants.O_RDONLY) : -1;
 const file = openSync(`${mnt}/f`, constants.O_RDONLY);
 const root = openSync(mnt, O_PATH | constants.O_DIRECTORY | constants.O_NOFOLLOW);
 const good = openSync(goodImage, constants.O_RDONLY);
@@ -49,6 +63,7 @@ async function request(kind: number): Promise<{ code: string; ms: number }> {
       sock.send(fd, Buffer.from(JSON.stringify({ v: 1, op: 'mount', fstype: 'ext4', options: 'ro', fds: ['source', 'target'] })), fds);
     };
     if (kind === 0) sock.send(fd, Buffer.from(JSON.stringify({ v: 1, op: 'list', fds: [] })), [file]);
+    else if (kind === 3) sock.send(fd, Buffer.from(JSON.stringify({ v: 1, op: 'list', fds: [] })), [ovlFile]);
     else if (kind === 1) mount([file, goodDir]);
     else mount([good, root]);
     const r = await receivePacket(fd, 30000);
@@ -88,7 +103,8 @@ for await (const line of createInterface({ input: process.stdin })) {
     process.stdout.write(`${JSON.stringify(await request(Number(n)))}\n`);
   } else if (cmd === 'cont') {
     process.kill(server.pid!, 'SIGCONT');
-    for (const fd of [file, root, good, goodDir]) closeSync(fd);
+    for (const fd of [file, root, good, goodDir, ...(ovlFile >= 0 ? [ovlFile] : [])]) closeSync(fd);
+    if (overlay) spawnSync('umount', ['-l', `${overlay}/o`], { stdio: 'ignore', timeout: 10000 });
     spawn('fusermount3', ['-u', mnt], { stdio: 'ignore' }).once('exit', () => process.exit(0));
   }
 }
