@@ -6,7 +6,8 @@ import * as assert from 'uvu/assert';
 import { chownSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { execa } from 'execa';
-import { clientArgs, instanceProcesses, makeDir, newCaller, processes, startBroker, tmpdir, waitFor, NATIVE, ROOT, type Broker } from '../lib/harness.js';
+import { clientArgs, instanceProcesses, makeDir, newCaller, processes, startBroker, tmpdir, waitFor, ROOT, type Broker } from '../lib/harness.js';
+import { writeHangDef } from '../lib/hang.js';
 
 const READY_MS = 1500;
 const STOP_MS = 2000;
@@ -15,23 +16,7 @@ async function setup(mode: string) {
   const dir = tmpdir();
   const serverDir = path.join(dir, 'server');
   mkdirSync(serverDir);
-  writeFileSync(
-    path.join(serverDir, 'hang.json'),
-    JSON.stringify({
-      name: 'hang',
-      description: 'fuse-hang test server',
-      fstypes: ['hang'],
-      exec: '/opt/fuse-hang',
-      argv: ['fuse-hang', mode, '{source}', '{mountpoint}'],
-      fuseFd: 'devfd',
-      source: 'seccomp-notify',
-      seccompPolicy: 'fuse2fs',
-      sandbox: path.relative(serverDir, path.join(ROOT, 'server', 'fuse2fs.sandbox')),
-      paths: [{ src: path.join(NATIVE, 'fuse-hang'), dst: '/opt/fuse-hang' }],
-      readyTimeoutMs: READY_MS,
-      stopTimeoutMs: STOP_MS,
-    }),
-  );
+  writeHangDef(serverDir, { type: 'hang', mode, readyMs: READY_MS, stopMs: STOP_MS });
   const broker = await startBroker({ config: { server_dir: serverDir, fstypes: ['hang'], pool_size: 0 } });
   const caller = await newCaller();
   const src = path.join(dir, 'source');
