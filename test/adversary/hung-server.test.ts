@@ -96,6 +96,20 @@ test('a server that stops answering after ready: unmount returns, the instance e
   }),
 );
 
+test('a server that stops answering after ready, unmounted by the caller\'s own umount(2): the launcher ends it within stop_timeout_ms', () =>
+  withHang('ready', async (t) => {
+    await mounted(t);
+    const t0 = Date.now();
+    // --no-canonicalize: umount(8) would stat the mount point first, and wait for the server
+    const u = await t.caller.run(['umount', '--no-canonicalize', t.mnt], { uid: 0, timeout: 20000 });
+    assert.is(u.exitCode, 0, u.stderr);
+    await waitFor('the instance to end', () => left(t.broker).length === 0, STOP_MS + 3000);
+    assert.ok(Date.now() - t0 < STOP_MS + 3000, `took ${Date.now() - t0} ms`);
+    assert.match(logs(t.broker.runtimeDir), /the mount was unmounted; the server has 2000 ms to exit/);
+    assert.equal(t.caller.fuseMounts(), []);
+  }),
+);
+
 test('SIGTERM to the launcher of a server that ignores it ends the instance within stop_timeout_ms', () =>
   withHang('ready', async (t) => {
     await mounted(t);
