@@ -376,7 +376,13 @@ function checkFuseDev(fd: number): void {
  * and its filesystem is asked off the event loop with a deadline.
  */
 async function readArgv(fd: number, uid: number, timeoutMs: number): Promise<Buffer> {
-  const i = sock.fdInfo(fd);
+  let i: ReturnType<typeof sock.fdInfo>;
+  try {
+    i = sock.fdInfo(fd);
+  } catch (e) {
+    // The helper's descriptor, not our fault: a file on another uid's FUSE mount (EACCES), say.
+    throw new RequestError('EBADFD_ARGV', `argv: ${(e as Error).message}`);
+  }
   if (i.type !== 'file' || i.accmode === 'path' || i.accmode === 'w') throw new RequestError('EBADFD_ARGV', `argv is a ${i.type} (${i.accmode}), not a readable memfd`);
   if (i.size > ARGV_MAX_BYTES) throw new RequestError('EBADFD_ARGV', `argv is ${i.size} bytes (at most ${ARGV_MAX_BYTES})`);
   const fs = await statfsBounded(fd, uid, timeoutMs, 'EBADFD_ARGV', 'argv');

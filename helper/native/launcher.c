@@ -36,6 +36,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <sys/file.h>
+#include <sys/inotify.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
@@ -217,6 +218,8 @@ static struct {
 	int log_fd;               /* read end of the server's stdout/stderr */
 	pid_t checker_pid;
 	int checker_pidfd, checker_rd;
+	int inotify_fd;           /* IN_UNMOUNT on the mount's root: the caller's umount(2), seen
+	                           * without holding the mount, the connection or the namespace */
 	uint64_t mnt_id;
 	unsigned long long mnt_id_old;  /* the reusable id fdinfo shows, for the broker's matching */
 	char start_time[32];      /* /proc/self/stat field 22: with our pid, names us for a new broker */
@@ -234,7 +237,7 @@ static struct {
 	size_t tail_len;
 } G = {
 	.instdir = -1, .lockfd = -1, .sigfd = -1, .devfuse = -1, .mntfd = -1, .nsfd = -1,
-	.server_pidfd = -1, .notify_fd = -1, .log_fd = -1, .checker_pidfd = -1, .checker_rd = -1,
+	.server_pidfd = -1, .notify_fd = -1, .log_fd = -1, .checker_pidfd = -1, .checker_rd = -1, .inotify_fd = -1,
 	.sandbox_err_fd = -1, .exit_code = -1, .cap_last = 63, .fuse_handed = -1,
 };
 
@@ -2865,6 +2868,7 @@ struct check_result {
 	int stage;
 	int err;
 	uint64_t mnt_id;
+	int watch_err; /* 0: the unmount watch is set (G.inotify_fd) */
 };
 
 /*
@@ -2882,6 +2886,9 @@ static noreturn void checker_child(int wr)
 	struct statx stx;
 
 	G.role = ROLE_HELPER;
+	/* Our own fd directory, opened before any setns: the unmount watch names the mount by
+	 * its descriptor there, never by a path of the caller's namespace. */
+	int fddir = open("/proc/self/fd", O_PATH | O_DIRECTORY | O_CLOEXEC);
 	if (S.mount_given) {
 		/* No descriptor of a mount the helper made: reach it by its id in the caller's
 		 * namespace (find_own_mount checks the id of what the path reached). */
@@ -2896,8 +2903,17 @@ static noreturn void checker_child(int wr)
 			_exit(write(wr, &r, sizeof r) == sizeof r ? 0 : 1);
 		}
 	}
-	int keep[2] = {G.mntfd < wr ? G.mntfd : wr, G.mntfd < wr ? wr : G.mntfd};
-	if (close_fds_except(keep, 2, 0) < 0 ||
+	int keep[4] = {G.mntfd, wr, G.inotify_fd, fddir}, nkeep = 0;
+	for (int i = 0; i < 4; i++)
+		if (keep[i] >= 0)
+			keep[nkeep++] = keep[i];
+	for (int i = 1; i < nkeep; i++) /* ascending, as close_fds_except wants */
+		for (int j = i; j > 0 && keep[j - 1] > keep[j]; j--) {
+			int t = keep[j];
+			keep[j] = keep[j - 1];
+			keep[j - 1] = t;
+		}
+	if (close_fds_except(keep, (size_t)nkeep, 0) < 0 ||
 	    setresgid(S.owner_gid, S.owner_gid, S.owner_gid) < 0 ||
 	    setresuid(S.owner_uid, S.owner_uid, S.owner_uid) < 0 ||
 	    prctl(PR_SET_DUMPABLE, 0) < 0 || prctl(PR_SET_PDEATHSIG, SIGKILL) < 0) {
@@ -2909,6 +2925,15 @@ static noreturn void checker_child(int wr)
 	} else {
 		/* the unique mount id, for the broker's records (0 if the kernel has none) */
 		r.mnt_id = (stx.stx_mask & STATX_MNT_ID_UNIQUE) ? stx.stx_mnt_id : 0;
+		/* As the owner (FUSE refuses others without allow_other), now that the server
+		 * answered; the watch lives on in the launcher's inotify instance. Not with
+		 * default_permissions: its permission check would ask the server (GETATTR), and
+		 * readiness would then wait on more than STATFS. */
+		char name[16];
+		snprintf(name, sizeof name, "%d", G.mntfd);
+		r.watch_err = S.default_permissions ? EOPNOTSUPP : G.inotify_fd < 0 ? EBADF : fddir < 0 ? errno : 0;
+		if (!r.watch_err && (fchdir(fddir) < 0 || inotify_add_watch(G.inotify_fd, name, IN_UNMOUNT) < 0))
+			r.watch_err = errno;
 	}
 	if (write(wr, &r, sizeof r) != sizeof r)
 		_exit(1);
@@ -2918,6 +2943,9 @@ static noreturn void checker_child(int wr)
 static void start_checker(void)
 {
 	int p[2];
+	G.inotify_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+	if (G.inotify_fd < 0)
+		logmsg("inotify_init1: %s; a plain umount will not be noticed if the server stays", strerror(errno));
 	if (pipe2(p, O_CLOEXEC) < 0)
 		die_errno("EINTERNAL", "pipe2(checker)");
 	G.checker_pid = clone_pidfd(0, &G.checker_pidfd);
@@ -3729,6 +3757,11 @@ static void on_checker_done(void)
 	}
 	G.ready_deadline = 0;
 	G.mnt_id = r.mnt_id;
+	if (r.watch_err) {
+		logmsg("unmount watch: %s; a plain umount will not be noticed if the server stays",
+		       r.watch_err == EOPNOTSUPP ? "not with default_permissions (it would ask the server)" : strerror(r.watch_err));
+		close_fd(&G.inotify_fd);
+	}
 
 	if (!S.mount_given) {
 		err = run_attacher(&what);
@@ -3789,6 +3822,35 @@ static void begin_stop(int signo)
 		G.term_deadline = 1;
 }
 
+/*
+ * The caller unmounted (umount(2), umount -l, fusermount3 -u: the superblock went, and the
+ * connection with it). A server exits on that by itself; one that stays is ended as a stop
+ * ends it, within stop_timeout_ms. The phase stays RUNNING, so its exit reads as before.
+ */
+static void on_unmount_event(void)
+{
+	char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
+	bool unmounted = false;
+	ssize_t n;
+	while ((n = read(G.inotify_fd, buf, sizeof buf)) > 0)
+		for (char *q = buf; q < buf + n; q += sizeof(struct inotify_event) + ((struct inotify_event *)q)->len)
+			if (((struct inotify_event *)q)->mask & (IN_UNMOUNT | IN_IGNORED))
+				unmounted = true;
+	if (n < 0 && errno != EAGAIN)
+		unmounted = true; /* cannot watch any more: arm the bound anyway */
+	if (!unmounted)
+		return;
+	close_fd(&G.inotify_fd);
+	if (G.phase != PHASE_RUNNING || G.term_deadline || G.kill_deadline)
+		return;
+	logmsg("the mount was unmounted; the server has %lld ms to exit", S.stop_timeout_ms);
+	int64_t grace = S.stop_timeout_ms / 2 < KILL_GRACE_MS ? S.stop_timeout_ms / 2 : KILL_GRACE_MS;
+	stop_end = now_ms() + S.stop_timeout_ms;
+	G.term_deadline = stop_end - grace;
+	if (G.term_deadline <= 0)
+		G.term_deadline = 1;
+}
+
 static void on_signals(void)
 {
 	struct signalfd_siginfo si;
@@ -3843,13 +3905,15 @@ static int poll_timeout(void)
 static noreturn void event_loop(void)
 {
 	for (;;) {
-		enum { P_SIG, P_NOTIFY, P_LOG, P_CHECKER, P_SERVER, P_N };
+		enum { P_SIG, P_NOTIFY, P_LOG, P_CHECKER, P_SERVER, P_UNMOUNT, P_N };
 		struct pollfd p[P_N] = {
 			[P_SIG] = {.fd = G.sigfd, .events = POLLIN},
 			[P_NOTIFY] = {.fd = G.notify_fd, .events = POLLIN},
 			[P_LOG] = {.fd = G.log_fd, .events = POLLIN},
 			[P_CHECKER] = {.fd = G.checker_pidfd, .events = POLLIN},
 			[P_SERVER] = {.fd = G.server_pidfd, .events = POLLIN},
+			/* only once ready: the checker adds the watch, and a failed start reports itself */
+			[P_UNMOUNT] = {.fd = G.phase == PHASE_RUNNING ? G.inotify_fd : -1, .events = POLLIN},
 		};
 		int n = poll(p, P_N, poll_timeout());
 		if (n < 0 && errno != EINTR)
@@ -3870,6 +3934,8 @@ static noreturn void event_loop(void)
 			on_checker_done();
 		if (p[P_SERVER].revents && G.server_pidfd >= 0)
 			on_server_exit();
+		if (p[P_UNMOUNT].revents && G.inotify_fd >= 0)
+			on_unmount_event();
 		on_timeouts();
 	}
 }

@@ -6,7 +6,8 @@ import * as assert from 'uvu/assert';
 import { chownSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { execa } from 'execa';
-import { clientArgs, instanceProcesses, makeDir, newCaller, processes, startBroker, tmpdir, waitFor, NATIVE, ROOT, type Broker } from '../lib/harness.js';
+import { clientArgs, instanceProcesses, makeDir, newCaller, processes, startBroker, tmpdir, waitFor, ROOT, type Broker } from '../lib/harness.js';
+import { writeHangDef } from '../lib/hang.js';
 
 const READY_MS = 1500;
 const STOP_MS = 2000;
@@ -15,23 +16,7 @@ async function setup(mode: string) {
   const dir = tmpdir();
   const serverDir = path.join(dir, 'server');
   mkdirSync(serverDir);
-  writeFileSync(
-    path.join(serverDir, 'hang.json'),
-    JSON.stringify({
-      name: 'hang',
-      description: 'fuse-hang test server',
-      fstypes: ['hang'],
-      exec: '/opt/fuse-hang',
-      argv: ['fuse-hang', mode, '{source}', '{mountpoint}'],
-      fuseFd: 'devfd',
-      source: 'seccomp-notify',
-      seccompPolicy: 'fuse2fs',
-      sandbox: path.relative(serverDir, path.join(ROOT, 'server', 'fuse2fs.sandbox')),
-      paths: [{ src: path.join(NATIVE, 'fuse-hang'), dst: '/opt/fuse-hang' }],
-      readyTimeoutMs: READY_MS,
-      stopTimeoutMs: STOP_MS,
-    }),
-  );
+  writeHangDef(serverDir, { type: 'hang', mode, readyMs: READY_MS, stopMs: STOP_MS });
   const broker = await startBroker({ config: { server_dir: serverDir, fstypes: ['hang'], pool_size: 0 } });
   const caller = await newCaller();
   const src = path.join(dir, 'source');
@@ -108,6 +93,20 @@ test('a server that stops answering after ready: unmount returns, the instance e
     assert.equal(t.caller.fuseMounts(), []);
     await waitFor('the instance to end', () => left(t.broker).length === 0, STOP_MS + 3000);
     assert.ok(Date.now() - t0 < STOP_MS + 3000, `took ${Date.now() - t0} ms`);
+  }),
+);
+
+test('a server that stops answering after ready, unmounted by the caller\'s own umount(2): the launcher ends it within stop_timeout_ms', () =>
+  withHang('ready', async (t) => {
+    await mounted(t);
+    const t0 = Date.now();
+    // --no-canonicalize: umount(8) would stat the mount point first, and wait for the server
+    const u = await t.caller.run(['umount', '--no-canonicalize', t.mnt], { uid: 0, timeout: 20000 });
+    assert.is(u.exitCode, 0, u.stderr);
+    await waitFor('the instance to end', () => left(t.broker).length === 0, STOP_MS + 3000);
+    assert.ok(Date.now() - t0 < STOP_MS + 3000, `took ${Date.now() - t0} ms`);
+    assert.match(logs(t.broker.runtimeDir), /the mount was unmounted; the server has 2000 ms to exit/);
+    assert.equal(t.caller.fuseMounts(), []);
   }),
 );
 

@@ -11,6 +11,7 @@ import path from 'node:path';
 import { execa } from 'execa';
 import { ERRORS } from '../../supervisor/protocol.js';
 import { clientArgs, fdCount, makeDir, waitFor, type Broker, type Caller, openEnv, closeEnv } from '../lib/harness.js';
+import { prng } from '../lib/prng.js';
 import { instanceTree, makeFormatImage, makeTree, type Format } from '../lib/servers.js';
 
 const s = suite('corrupted images of every shipped read-only format are contained');
@@ -28,24 +29,13 @@ s.after(async () => {
   await closeEnv({ dir, broker, caller });
 });
 
-/** mulberry32: the same flips on every run. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 type Corruption = { name: string; apply: (b: Buffer, fstype: Format) => Buffer };
 const WINDOW = 128 << 10;
 const flips = (seed: number, where: 'head' | 'tail'): Corruption => ({
   name: `64 seeded byte flips in the ${where} (seed ${seed})`,
   apply: (b) => {
-    const r = rng(seed);
+    const r = prng(seed);
     const out = Buffer.from(b);
     const span = Math.min(WINDOW, out.length);
     const base = where === 'head' ? 0 : out.length - span;

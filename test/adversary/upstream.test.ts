@@ -56,13 +56,24 @@ async function nothingLeft(mnt: string): Promise<void> {
   assert.not.ok(caller.fuseMounts().includes(mnt), `a mount left on ${mnt}`);
 }
 
-s('a non-setuid uid-1000 client claiming root (HELLO ALLOW_OTHER|FUSEBLK, -o allow_other) is uid 1000 and refused EOPTION', async () => {
-  // Give it a usable /dev/fuse so that the claim, not the device, is what is judged.
-  const node = path.join(dir, 'fuse-0666');
+/**
+ * BODY with a 0666 /dev/fuse in the caller's namespace (as on ordinary distributions), so that
+ * uid 1000's helper gets as far as the broker and its claims, not the device, are judged.
+ */
+async function withWorldFuse(name: string, body: () => Promise<void>): Promise<void> {
+  const node = path.join(dir, name);
   await execa('mknod', [node, 'c', '10', '229']);
   chmodSync(node, 0o666);
   await caller.run(['mount', '--bind', node, '/dev/fuse'], { uid: 0 });
   try {
+    await body();
+  } finally {
+    await caller.run(['umount', '/dev/fuse'], { uid: 0 });
+  }
+}
+
+s('a non-setuid uid-1000 client claiming root (HELLO ALLOW_OTHER|FUSEBLK, -o allow_other) is uid 1000 and refused EOPTION', () =>
+  withWorldFuse('fuse-0666', async () => {
     const userImg = await makeImage(dir, 'u.img', 16);
     const mnt = makeDir(path.join(dir, 'claim'));
     const mark = broker.logs().length;
@@ -79,17 +90,11 @@ s('a non-setuid uid-1000 client claiming root (HELLO ALLOW_OTHER|FUSEBLK, -o all
     assert.is.not(r2.exitCode, 0);
     refused(broker.logs().slice(mark2), 'EMOUNT_HELPER', 1000);
     await nothingLeft(mnt);
-  } finally {
-    await caller.run(['umount', '/dev/fuse'], { uid: 0 });
-  }
-});
+  }),
+);
 
-s('uid 1000 as "root" of its own user namespace (unshare -Urm) mounting user_id=0 is refused EMOUNT_GIVEN, its mount detached', async () => {
-  const node = path.join(dir, 'fuse-0666-ns');
-  await execa('mknod', [node, 'c', '10', '229']);
-  chmodSync(node, 0o666);
-  await caller.run(['mount', '--bind', node, '/dev/fuse'], { uid: 0 });
-  try {
+s('uid 1000 as "root" of its own user namespace (unshare -Urm) mounting user_id=0 is refused EMOUNT_GIVEN, its mount detached', () =>
+  withWorldFuse('fuse-0666-ns', async () => {
     const userImg = await makeImage(dir, 'ns.img', 16);
     const mnt = makeDir(path.join(dir, 'ns-claim'));
     const mark = broker.logs().length;
@@ -102,10 +107,8 @@ s('uid 1000 as "root" of its own user namespace (unshare -Urm) mounting user_id=
     assert.match(log, /not owned by the caller \(uid 1000\): rw,user_id=0/);
     assert.match(log, /detached the mount in the caller's namespace/);
     await nothingLeft(mnt);
-  } finally {
-    await caller.run(['umount', '/dev/fuse'], { uid: 0 });
-  }
-});
+  }),
+);
 
 s('a helper mounting with another owner (user_id=1234) is refused EMOUNT_GIVEN and its mount detached', async () => {
   const { r, log, mnt } = await attempt(['--user-id', '1234']);

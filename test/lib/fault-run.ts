@@ -13,6 +13,7 @@ import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { sweepRuntimeDir } from '../../supervisor/cgroups.js';
 import { CLIENT, DAEMON, ROOT, instanceProcesses, makeDir, makeImage, newCaller, sleep, startBroker, tmpdir, waitFor, type Broker, type Caller, madeRuntimeDir } from './harness.js';
+import { prng } from './prng.js';
 import { checkAccounted, checkCgroups, checkCollected, checkNothingLeft, checkProcesses, fuseMountsOf, isOrphan, listAll, pooledOf, type Listed, type Party } from './fault-invariants.js';
 
 export type FaultOptions = { seed: number; seconds: number; workersPerCaller?: number; poolSize?: number; log?: (s: string) => void; keepLog?: boolean };
@@ -34,17 +35,6 @@ export type FaultResult = {
   logFile?: string;
 };
 
-/** mulberry32: small, seedable, good enough to pick moments and victims. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const codeOf = (stderr: string) => {
   const code = /fuse-svc-request: ([A-Z][A-Z0-9_]+):/.exec(stderr)?.[1];

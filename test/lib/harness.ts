@@ -175,6 +175,10 @@ export async function newCaller(): Promise<Caller> {
       return '';
     }
   };
+  // FUSE mounts the namespace was born with are the host's (other suites' live mounts, copied
+  // by unshare), not this caller's: fuseMounts() leaves them out, by mount id.
+  const fuseLines = () => mountinfo().split('\n').filter((l) => / - fuse(\.|blk| )/.test(l));
+  const inherited = new Set(fuseLines().map((l) => l.split(' ')[0]));
   return {
     pid,
     run: async (argv, o = {}) => {
@@ -190,7 +194,7 @@ export async function newCaller(): Promise<Caller> {
       return { stdout: String(r.stdout ?? ''), stderr: String(r.stderr ?? ''), exitCode: r.exitCode ?? -1 };
     },
     mountinfo,
-    fuseMounts: () => mountinfo().split('\n').filter((l) => / - fuse(\.|blk| )/.test(l)).map((l) => l.split(' ')[4]),
+    fuseMounts: () => fuseLines().filter((l) => !inherited.has(l.split(' ')[0])).map((l) => l.split(' ')[4]),
     close: async () => {
       holder.kill('SIGKILL');
       await Promise.race([new Promise((r) => holder.once('exit', r)), sleep(2000)]);

@@ -12,7 +12,7 @@ export type MountEnv = {
   /** Writes the namespace's /etc/fstab (the bind mount shows the new text at once). */
   fstab: (lines: string[]) => void;
   /** A command in the namespace as uid (default root), with an environment of its own. */
-  sh: (script: string, uid?: number, env?: Record<string, string>) => Promise<{ stdout: string; stderr: string; exitCode: number }>;
+  sh: (script: string, uid?: number, env?: Record<string, string>, timeoutMs?: number) => Promise<{ stdout: string; stderr: string; exitCode: number }>;
   close: () => Promise<void>;
 };
 
@@ -34,9 +34,9 @@ export async function mountEnv(dir: string): Promise<MountEnv> {
   return {
     caller,
     fstab: (lines) => writeFileSync(fstabFile, lines.join('\n') + '\n'),
-    sh: async (script, uid = 0, env = {}) => {
+    sh: async (script, uid = 0, env = {}, timeoutMs = 60000) => {
       const r = await execa('nsenter', ['-t', String(caller.pid), '-m', '--', 'setpriv', '--reuid', String(uid), '--regid', String(uid), '--clear-groups', '--', 'sh', '-c', script], {
-        reject: false, timeout: 60000, env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', HOME: '/', ...env }, extendEnv: false,
+        reject: false, timeout: timeoutMs, env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', HOME: '/', ...env }, extendEnv: false,
       });
       return { stdout: String(r.stdout ?? ''), stderr: String(r.stderr ?? ''), exitCode: r.exitCode ?? -1 };
     },

@@ -18,6 +18,9 @@
  *   --user-id N        mount with user_id=N instead of the real uid
  *   --drop-nosuid      mount without MOUNT_ATTR_NOSUID
  *   --bind-also DIR    after the mount, bind it onto DIR too (a second mount of the connection)
+ * A PATH of the form @N (for --fusedev, --argv-file, --answer-open) is descriptor N, inherited
+ * open: a file on the caller's own FUSE server that it has stopped cannot be opened any more,
+ * but one opened before the stop can still be sent.
  *
  * Connects to SOCKET (SOCK_SEQPACKET), HELLO; sends the `argv` memfd (SUBTYPE SOURCE
  * MOUNTPOINT) and an open /dev/fuse; answers the server's OPEN by opening the path itself (its
@@ -61,6 +64,15 @@ static const char *bind_also, *answer_open;
  * fuservicemount3 does; a plain one is the caller already. */
 static int open_as_caller(const char *path, int flags)
 {
+	if (path[0] == '@') {
+		char *end;
+		long n = strtol(path + 1, &end, 10);
+		if (*end || n < 0 || n > 1023) {
+			errno = EBADF;
+			return -1;
+		}
+		return fcntl((int)n, F_DUPFD_CLOEXEC, 3);
+	}
 	int setuid_helper = getuid() != geteuid();
 	if (setuid_helper) {
 		setfsgid(getgid());
@@ -297,11 +309,14 @@ int main(int argc, char **argv)
 		fail("pwrite(argv)");
 	if (argv_file) {
 		close(mfd);
-		if ((mfd = open(argv_file, O_RDONLY | O_CLOEXEC)) < 0)
+		if ((mfd = open_as_caller(argv_file, O_RDONLY | O_CLOEXEC)) < 0)
 			fail("open(--argv-file)");
 	}
 	send_file("argv", mfd, 0);
-	close(mfd);
+	/* an inherited @N may be on a FUSE server the caller stopped: its close would wait in
+	 * FLUSH before fusedev is sent; keep it until exit, so the service sees the whole request */
+	if (!argv_file || argv_file[0] != '@')
+		close(mfd);
 	devfuse = open_as_caller(fusedev_path, O_RDWR | O_CLOEXEC);
 	if (devfuse < 0)
 		fail("open(fusedev)");
