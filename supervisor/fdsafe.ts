@@ -10,6 +10,7 @@
 import { readSync, closeSync } from 'node:fs';
 import * as sock from '../helper/native/socket.js';
 import { RequestError } from './protocol.js';
+import { log } from './log.js';
 
 /**
  * Each uid holds at most `share` closers and statfs children (processes that may be stuck on
@@ -42,9 +43,11 @@ export function dropCallerFds(fds: readonly number[], uid: number): void {
     setTimeout(() => sock.closersAlive(-1), 20).unref();
     setTimeout(() => sock.closersAlive(-1), 500).unref();
     if (sock.closersPending() > 0) drainSoon();
-  } catch {
-    // No closer could be started (process limit): closing here could block the broker, and
-    // keeping them would leak; keep them for one more try later rather than block.
+  } catch (e) {
+    // No closer could be started (process limit): closing here could block the broker, so the
+    // descriptors stay open until a later try can start one; say so (at most a line per 10 s),
+    // since an operator must lift the limit for them to go.
+    log.limited('closer-clone', `cannot start a closer for ${live.length} descriptor(s) of uid ${uid} (${(e as Error).message}); kept open, retried every second`);
     setTimeout(() => dropCallerFds(live, uid), 1000).unref();
   }
 }
