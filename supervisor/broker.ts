@@ -27,6 +27,8 @@ const LOG_CHECK_MS = 1000;
 /** How long a new broker waits for the state of a launcher its predecessor died spawning. */
 const ADOPT_WAIT_MS = 10000;
 const ORPHAN_REASON = 'the launcher was killed; its mount may be left dead: unmount it';
+/** The launcher ended but could not detach its mount: a stop answers EMOUNT_LEFT with it. */
+const LEFT_REASON = 'the server ended but its mount is left (covered by another mount, or the detach failed): unmount it by path once it is uncovered';
 
 /** What the helper of libfuse's contained-service protocol asked for (supervisor/upstream.ts). */
 export type HelperMountRequest = { fstype: string; options: string; sourceName: string; targetName: string };
@@ -596,6 +598,9 @@ export class Broker {
       // Killed before it could detach: the mount may be left dead in the caller's namespace.
       inst.orphaned = mayLeaveDeadMount(inst.rec, st);
       inst.status.reason = inst.orphaned ? ORPHAN_REASON : st.detached ? `the launcher was killed after it detached the mount (last state ${st.state})` : `the launcher ended unexpectedly (last state ${st.state})`;
+    } else if (mayLeaveDeadMount(inst.rec, st)) {
+      inst.orphaned = true;
+      inst.status.reason = `${LEFT_REASON}; ${st.reason || 'server exited'}`;
     }
     safeClose(inst.pidfd);
     inst.pidfd = -1;
@@ -702,6 +707,12 @@ export class Broker {
     }
     if (caller.uid !== 0 && caller.uid !== inst.rec.owner_uid) throw new RequestError('EPERM_MOUNT', `mount ${inst.rec.id} belongs to uid ${inst.rec.owner_uid}`);
     const st = await this.stopInstance(inst, req.timeoutMs ?? 10000);
+    if (inst.orphaned) {
+      // The instance ended, its mount did not (its launcher was killed before it detached, or
+      // the mount is covered): "ok" would be a lie. Listed as a dead mount for its owner.
+      log.info(`instance ${inst.rec.id}: unmount for uid ${caller.uid}: the instance ended but its mount on ${inst.rec.target} is left: ${st.reason ?? ''}`);
+      throw new RequestError('EMOUNT_LEFT', `instance ${inst.rec.id} ended but its mount is still there (${inst.status.reason ?? 'not detached'})`);
+    }
     log.info(`instance ${inst.rec.id}: unmounted ${inst.rec.target} for uid ${caller.uid}`);
     return { ok: true, id: inst.rec.id, exit_code: st.exit_code ?? null, exit_signal: st.exit_signal ?? null };
   }
@@ -822,7 +833,7 @@ export class Broker {
         // record so its owner can unmount it (detachOrphan); else list it for the usual window,
         // counted from its end, not from this start.
         const orphaned = mayLeaveDeadMount(rec, st);
-        const reason = orphaned ? ORPHAN_REASON : st?.state !== 'exited' && st?.detached ? `the launcher was killed after it detached the mount (last state ${st.state})` : (st?.reason ?? 'ended while the broker was not running');
+        const reason = orphaned ? deadMountReason(st) : st?.state !== 'exited' && st?.detached ? `the launcher was killed after it detached the mount (last state ${st.state})` : (st?.reason ?? 'ended while the broker was not running');
         const endedAt = st?.ended_at || this.dir.mtime(id, 'state') || rec.started_at;
         const keep = (orphaned ? ORPHAN_KEEP_MS : ENDED_KEEP_MS) - (Date.now() - endedAt);
         if (keep <= 0) {
@@ -937,7 +948,15 @@ export function setSocketModeNoFollow(p: string, mode: number, gid: number | und
  * full stop (found by test/faults-inject.test.ts: a launcher killed while its server flushed).
  */
 function mayLeaveDeadMount(rec: InstanceRecord, st: Instance['status'] | undefined): boolean {
-  return st?.state !== 'exited' && rec.mnt_id_old !== undefined && !st?.detached;
+  if (rec.mnt_id_old === undefined || st?.detached) return false;
+  // Killed before it could detach, or ended with its mount left where a detach could not
+  // remove it (covered by another mount): either way its owner's unmount by path removes it.
+  return st?.state !== 'exited' || st.left_mounted === true;
+}
+
+/** Why an instance whose mount may be left dead is listed so (mayLeaveDeadMount). */
+function deadMountReason(st: Instance['status'] | undefined): string {
+  return st?.state === 'exited' ? LEFT_REASON : ORPHAN_REASON;
 }
 
 /** Which pool serves a definition: one per set of cgroup limits. */

@@ -46,6 +46,11 @@ export type InstanceState = {
   mnt_id_old?: string;
   /** The launcher detached the mount (or found it gone): if it dies now, no dead mount is left. */
   detached?: boolean;
+  /**
+   * A detach found the mount but could not remove it (the caller covered it with another
+   * mount, or a step failed): it stays in the caller's namespace, dead once the server ends.
+   */
+  left_mounted?: boolean;
 };
 
 export type Instance = {
@@ -139,6 +144,7 @@ export class InstanceDir {
       mnt_id: mntId('mnt_id'),
       mnt_id_old: mntId('mnt_id_old'),
       detached: kv.detached === '1',
+      left_mounted: kv.left_mounted === '1',
     };
   }
 

@@ -101,4 +101,47 @@ test('a launcher killed after it detached its mount (its server still flushing) 
   }
 });
 
+test('an unmount cut short by a SIGKILL of the launcher before it detached is not answered ok: EMOUNT_LEFT, listed, and the owner\'s next unmount removes the dead mount', async () => {
+  const dir = tmpdir();
+  let broker: Broker | undefined;
+  let caller: Caller | undefined;
+  let launcherPid: number | undefined;
+  try {
+    broker = await startBroker({ config: { pool_size: 0 } });
+    caller = await newCaller();
+    const img = await makeImage(dir, 'disk.img', 16);
+    const mnt = makeDir(path.join(dir, 'mnt'));
+    const m = await caller.run(clientArgs(broker.socket, '--json', 'mount', img, mnt));
+    assert.is(m.exitCode, 0, m.stderr);
+    const { id } = JSON.parse(m.stdout) as { id: number };
+    const runtimeDir = broker.runtimeDir;
+    const launcher = instanceProcesses(runtimeDir).find((p) => p.comm.startsWith('fuse-svc-launch'));
+    assert.ok(launcher);
+    launcherPid = launcher!.pid;
+    // A stopped launcher cannot act on the broker's SIGTERM: the unmount is in flight, nothing
+    // is detached yet; then the launcher is killed, as a container kill or the OOM killer does.
+    process.kill(launcherPid, 'SIGSTOP');
+    const unmount = caller.run(clientArgs(broker.socket, 'unmount', '--id', String(id)), { timeout: 30000 });
+    await waitFor('the broker to ask the launcher', () => /SigPnd:\s*0*[1-9a-f]|ShdPnd:\s*0*[1-9a-f]/.test(readFileSync(`/proc/${launcherPid}/status`, 'utf8')), 10000);
+    process.kill(launcherPid, 'SIGKILL');
+    const u = await unmount;
+    assert.is(u.exitCode, 2, `not ok: ${u.stdout} ${u.stderr}`);
+    assert.ok(/^fuse-svc-request: EMOUNT_LEFT: /.test(u.stderr), u.stderr);
+    await waitFor('the server to die with its launcher', () => instanceProcesses(runtimeDir).length === 0, 5000);
+    assert.ok(caller.fuseMounts().includes(mnt), 'the dead mount is really still there: the refusal told the truth');
+    const rows = JSON.parse((await caller.run(clientArgs(broker.socket, '--json', 'list'))).stdout).mounts as { id: number; state: string; reason: string }[];
+    assert.is(rows.length, 1);
+    assert.match(rows[0].reason, /launcher was killed/);
+    const again = await caller.run(clientArgs(broker.socket, 'unmount', mnt));
+    assert.is(again.exitCode, 0, again.stderr);
+    assert.not.ok(caller.fuseMounts().includes(mnt), 'removed');
+  } finally {
+    if (launcherPid) try { process.kill(launcherPid, 'SIGKILL'); } catch { /* gone */ }
+    await broker?.stop();
+    for (const m of caller?.fuseMounts() ?? []) await caller!.run(['umount', '-l', m], { uid: 0 });
+    await caller?.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test.run();

@@ -13,7 +13,7 @@ import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { sweepRuntimeDir } from '../../supervisor/cgroups.js';
 import { CLIENT, DAEMON, ROOT, instanceProcesses, makeDir, makeImage, newCaller, sleep, startBroker, tmpdir, waitFor, type Broker, type Caller, madeRuntimeDir } from './harness.js';
-import { checkAccounted, checkCgroups, checkCollected, checkNothingLeft, checkProcesses, fuseMountsOf, isOrphan, listAll, pooledOf, type Listed, type Party } from './fault-invariants.js';
+import { checkAccounted, checkCgroups, checkCollected, checkNothingLeft, checkProcesses, fuseMountIdsAt, fuseMountsOf, isOrphan, listAll, pooledOf, type Listed, type Party } from './fault-invariants.js';
 
 export type FaultOptions = { seed: number; seconds: number; workersPerCaller?: number; poolSize?: number; log?: (s: string) => void; keepLog?: boolean };
 
@@ -30,6 +30,8 @@ export type FaultResult = {
   endLive: number;
   endOrphans: number;
   violations: string[];
+  /** Unmounts answered ok while every FUSE mount at the target stayed (the lie the run checks for). */
+  okButMounted: string[];
   /** Where the timeline and every broker's log went when something broke. */
   logFile?: string;
 };
@@ -60,7 +62,7 @@ export async function runFaults(o: FaultOptions): Promise<FaultResult> {
   const timeline: string[] = [];
   const note = (s: string) => timeline.push(`${((Date.now() - t0) / 1000).toFixed(3)} ${s}`);
   const rnd = prng(o.seed);
-  const res: FaultResult = { seed: o.seed, seconds: o.seconds, rounds: 0, faults: {}, mounts: 0, unmounts: 0, refusals: {}, readopted: 0, endLive: 0, endOrphans: 0, violations: [] };
+  const res: FaultResult = { seed: o.seed, seconds: o.seconds, rounds: 0, faults: {}, mounts: 0, unmounts: 0, refusals: {}, readopted: 0, endLive: 0, endOrphans: 0, violations: [], okButMounted: [] };
   const fault = (k: string) => (res.faults[k] = (res.faults[k] ?? 0) + 1);
   const refused = (k: string, stderr = '') => {
     res.refusals[k] = (res.refusals[k] ?? 0) + 1;
@@ -98,14 +100,28 @@ export async function runFaults(o: FaultOptions): Promise<FaultResult> {
     const deadline = t0 + o.seconds * 1000;
     let running = true;
     const client = (s: Slot, ...args: string[]) => s.p.caller.run([CLIENT, '--socket', socket, ...args], { uid: s.p.uid, timeout: 40000 });
+    // An unmount answered ok removed a mount: some FUSE mount at the target before it is gone
+    // after it. (A mount that a lost reply left in flight may attach meanwhile: only a removal
+    // counts, never the count.) A launcher killed mid-unmount must not be answered ok.
+    const unmount = async (s: Slot, ...args: string[]) => {
+      const before = fuseMountIdsAt(s.p, s.mnt);
+      const u = await client(s, 'unmount', ...args);
+      if (u.exitCode === 0) {
+        res.unmounts++;
+        const after = new Set(fuseMountIdsAt(s.p, s.mnt));
+        if (before.length && before.every((id) => after.has(id))) {
+          res.okButMounted.push(`unmount ${args.join(' ')} (${s.p.name}) answered ok, but every FUSE mount at ${s.mnt} (mount ids ${before.join(',')}) is still there`);
+          note(`LIE: ${res.okButMounted[res.okButMounted.length - 1]}`);
+        }
+      } else refused(`unmount:${codeOf(u.stderr)}`, u.stderr);
+      return u;
+    };
     // One worker per slot: mount, use, unmount by path or id; a mount it lost track of (the
     // broker died before answering) is unmounted by path first.
     const worker = async (s: Slot) => {
       while (running) {
         if (fuseMountsOf(s.p).includes(s.mnt)) {
-          const u = await client(s, 'unmount', s.mnt);
-          if (u.exitCode === 0) res.unmounts++;
-          else refused(`unmount:${codeOf(u.stderr)}`, u.stderr);
+          const u = await unmount(s, s.mnt);
           await sleep(u.exitCode === 0 ? 0 : 50 + s.rnd() * 150);
           continue;
         }
@@ -124,9 +140,7 @@ export async function runFaults(o: FaultOptions): Promise<FaultResult> {
         await s.p.caller.run(['timeout', '10', ...use], { uid: s.p.uid, timeout: 15000 });
         await sleep(s.rnd() * 200);
         const byId = s.rnd() < 0.5;
-        const u = await client(s, 'unmount', ...(byId ? ['--id', String(id)] : [s.mnt]));
-        if (u.exitCode === 0) res.unmounts++;
-        else refused(`unmount:${codeOf(u.stderr)}`, u.stderr);
+        await unmount(s, ...(byId ? ['--id', String(id)] : [s.mnt]));
       }
     };
     current = await start();
@@ -207,6 +221,7 @@ export async function runFaults(o: FaultOptions): Promise<FaultResult> {
 
     // ---- the invariants ---------------------------------------------------------------------
     const v = res.violations;
+    v.push(...res.okButMounted.map((x) => `honest: ${x}`));
     const via = parties[1].caller;
     await waitFor(`no instance still starting (seed ${o.seed})`, async () => (await listAll(b, 0, via)).every((l) => l.state === 'starting' ? false : true), 25000, 200).catch((e: Error) => v.push(`settle: ${e.message}`));
     // A launcher ending right now (its server was killed) must finish its own teardown first.
