@@ -468,6 +468,7 @@ export class Broker {
         uid,
         server: server.name,
         started_at: Date.now(),
+        mntns: callerMntns(caller.pidfd),
       };
       const specFor = (cgroup: string[], cgroupJoined: boolean) =>
         mountSpec({
@@ -572,6 +573,13 @@ export class Broker {
       const tail = oneLine(this.dir.logTail(id, 600), 400);
       // The whole log outlives the instance's other files (supervisor/failed-logs.ts).
       const kept = keepFailedLog(this.cfg.runtimeDir, id, this.dir.file(id, 'log'));
+      if (inst.orphaned) {
+        // Killed after it attached the mount: the record stays, listed as a dead mount for
+        // its owner to remove (a forgotten one would be a mount nobody can account for).
+        this.dir.writeRecord(inst.rec);
+        log.info(`instance ${id}: start failed after the attach: ${r.code}: ${r.message}; its mount may be left dead on ${rec.target}`);
+        throw new RequestError(r.code as never, `${r.message}; ${ORPHAN_REASON}`);
+      }
       this.forget(inst);
       if (r.code === 'EUID_BUSY' && attempt < 3) continue; // another broker's instance holds it
       log.info(`instance ${id}: start failed: ${r.code}: ${r.message}${tail && !r.message.includes(tail) ? ` (log: ${tail})` : ''}${kept ? `; whole log: ${kept}` : ''}`);
@@ -593,6 +601,9 @@ export class Broker {
   private onLauncherExit(inst: Instance): void {
     const st = this.dir.readState(inst.rec.id) ?? { state: 'exited' as const, reason: 'the launcher died without a final state' };
     const wasRunning = inst.status.state === 'running';
+    // Written before its attach (the record gets it only with the readiness line): a launcher
+    // killed after attaching but before ready leaves a mount only this id can be matched to.
+    inst.rec.mnt_id_old ??= st.mnt_id_old;
     inst.status = { ...st, state: 'exited', ended_at: st.ended_at ?? Date.now() };
     if (st.state !== 'exited') {
       // Killed before it could detach: the mount may be left dead in the caller's namespace.
@@ -600,7 +611,7 @@ export class Broker {
       inst.status.reason = inst.orphaned ? ORPHAN_REASON : st.detached ? `the launcher was killed after it detached the mount (last state ${st.state})` : `the launcher ended unexpectedly (last state ${st.state})`;
     } else if (mayLeaveDeadMount(inst.rec, st)) {
       inst.orphaned = true;
-      inst.status.reason = `${LEFT_REASON}; ${st.reason || 'server exited'}`;
+      inst.status.reason = LEFT_REASON;
     }
     safeClose(inst.pidfd);
     inst.pidfd = -1;
@@ -780,7 +791,32 @@ export class Broker {
     return r;
   }
 
+  /**
+   * A record that says its mount may be left dead is believed until the broker can look: when
+   * the owner asks from the very mount namespace the mount was made in, its mount table (through
+   * the caller's pidfd) shows whether a FUSE mount of that id is still there. Gone (detached
+   * by a launcher killed before it could say so, or never attached: killed just before the
+   * attach), the record is an ended instance like any other, listed once and collected.
+   */
+  private settleDeadMounts(caller: Caller): void {
+    let ns: string | undefined;
+    let table: string[] | undefined;
+    for (const inst of this.instances.values()) {
+      if (!inst.orphaned || inst.rec.owner_uid !== caller.uid || !inst.rec.mntns || !inst.rec.mnt_id_old) continue;
+      ns ??= callerMntns(caller.pidfd) ?? '';
+      if (ns !== inst.rec.mntns) continue;
+      table ??= callerMountinfo(caller.pidfd);
+      if (!table || callerMntns(caller.pidfd) !== ns) return; // not visible, or it moved meanwhile
+      const there = table.some((l) => l.split(' ')[0] === inst.rec.mnt_id_old && /^fuse(blk)?(\.|$)/.test(l.split(' - ')[1]?.split(' ')[0] ?? ''));
+      if (there) continue;
+      inst.orphaned = false;
+      inst.status.reason = inst.status.reason === ORPHAN_REASON ? 'the launcher was killed; its mount is not in the caller\'s namespace (detached or never attached)' : 'the server ended; its mount, which a detach could not reach, has since gone from the caller\'s namespace';
+      log.info(`instance ${inst.rec.id}: no mount of it is left in its owner's namespace (mount id ${inst.rec.mnt_id_old} absent): no longer listed as a dead mount`);
+    }
+  }
+
   private list(caller: Caller, req: ListRequest): Reply {
+    this.settleDeadMounts(caller);
     const after = req.after ?? 0;
     const insts = [...this.instances.values()]
       .filter((i) => i.rec.id > after && (caller.uid === 0 || i.rec.owner_uid === caller.uid))
@@ -968,6 +1004,19 @@ function poolKey(server: ServerDef): string {
 /** Waits until a stopped broker's instances are gone (used by tests and `stop`). */
 export async function waitForExit(pidfd: number, ms: number): Promise<boolean> {
   return waitPidfd(pidfd, ms);
+}
+
+/** The caller's mount namespace as "dev:ino" of /proc/PID/ns/mnt (undefined if not visible). */
+function callerMntns(pidfd: number): string | undefined {
+  try {
+    const pid = Number(/^Pid:\s*(-?\d+)$/m.exec(readFileSync(`/proc/self/fdinfo/${pidfd}`, 'utf8'))?.[1]);
+    if (!(pid > 0)) return undefined;
+    const st = statSync(`/proc/${pid}/ns/mnt`);
+    // Only if the pid still names the caller (a live pidfd pins the pid number).
+    return sock.pidfdIsAlive(pidfd) ? `${st.dev}:${st.ino}` : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** The caller's mount table, read through its pidfd's pid (undefined if not visible). */

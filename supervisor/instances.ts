@@ -28,6 +28,8 @@ export type InstanceRecord = {
   mnt_id_old?: string;
   /** The target as the kernel prints the caller's descriptor, at mount time. */
   target_path?: string;
+  /** The caller's mount namespace ("dev:ino" of /proc/PID/ns/mnt) where the broker saw it. */
+  mntns?: string;
   /** Instance cgroups a pooled launcher sat in itself: the broker removes them after it. */
   cgroups_to_remove?: string[];
 };

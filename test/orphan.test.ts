@@ -132,9 +132,16 @@ test('an unmount cut short by a SIGKILL of the launcher before it detached is no
     const rows = JSON.parse((await caller.run(clientArgs(broker.socket, '--json', 'list'))).stdout).mounts as { id: number; state: string; reason: string }[];
     assert.is(rows.length, 1);
     assert.match(rows[0].reason, /launcher was killed/);
-    const again = await caller.run(clientArgs(broker.socket, 'unmount', mnt));
-    assert.is(again.exitCode, 0, again.stderr);
-    assert.not.ok(caller.fuseMounts().includes(mnt), 'removed');
+    // Removed behind the broker's back (root's umount(8) in that namespace): the owner's next
+    // list, from that namespace, finds no mount of that id there; reported once, then collected.
+    const um = await caller.run(['umount', '-l', mnt], { uid: 0 });
+    assert.is(um.exitCode, 0, um.stderr);
+    const after = JSON.parse((await caller.run(clientArgs(broker.socket, '--json', 'list'))).stdout).mounts as { id: number; state: string; reason: string }[];
+    assert.is(after.length, 1);
+    assert.is(after[0].state, 'exited');
+    assert.match(after[0].reason, /not in the caller's namespace/);
+    assert.equal(JSON.parse((await caller.run(clientArgs(broker.socket, '--json', 'list'))).stdout).mounts, [], 'collected once reported');
+    await waitFor('its files collected', () => !existsSync(path.join(runtimeDir, 'instances', `${id}.json`)), 5000);
   } finally {
     if (launcherPid) try { process.kill(launcherPid, 'SIGKILL'); } catch { /* gone */ }
     await broker?.stop();

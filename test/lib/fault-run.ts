@@ -143,6 +143,17 @@ export async function runFaults(o: FaultOptions): Promise<FaultResult> {
         await unmount(s, ...(byId ? ['--id', String(id)] : [s.mnt]));
       }
     };
+    // Covered mount points (the injector's), and when each is uncovered.
+    const covers = new Map<Slot, number>();
+    const uncover = async (s: Slot) => {
+      // Whatever mounted on the cover meanwhile (a mount in flight) goes first: umount(2) of
+      // the top, which ends a broker instance as any umount does.
+      for (let i = 0; i < 6 && s.p.caller.mountinfo().split('\n').some((l) => l.split(' ')[4] === s.mnt && l.includes(` - tmpfs ${COVER} `)); i++) {
+        await s.p.caller.run(['umount', s.mnt], { uid: 0, timeout: 10000 });
+      }
+      covers.delete(s);
+      note(`uncover ${s.p.name} ${s.mnt}`);
+    };
     current = await start();
     const workers = slots.map((s) => worker(s));
     // The injector: rounds of one broker's life with launcher and server kills in them.
@@ -151,6 +162,7 @@ export async function runFaults(o: FaultOptions): Promise<FaultResult> {
       const roundEnd = Math.min(deadline, Date.now() + 300 + rnd() * 2700);
       while (Date.now() < roundEnd) {
         await sleep(80 + rnd() * 300);
+        for (const [s, until] of covers) if (Date.now() >= until) await uncover(s);
         const r = rnd();
         const inst = instanceProcesses(runtimeDir);
         const pick = <T>(xs: T[]) => xs[Math.floor(rnd() * xs.length)];
@@ -176,7 +188,20 @@ export async function runFaults(o: FaultOptions): Promise<FaultResult> {
               /* gone */
             }
           }
-        } else if (r < 0.3) {
+        } else if (r < 0.34) {
+          // A caller covers its own mount point (what a lost mount reply does: the worker
+          // mounts again over its first mount). The covered mount's end, by a stop or its
+          // server's death, must leave a record its owner can remove once it is uncovered.
+          const s = pick(slots.filter((x) => !covers.has(x) && fuseMountsOf(x.p).includes(x.mnt)));
+          if (s) {
+            const c = await s.p.caller.run(['mount', '-t', 'tmpfs', '-o', 'mode=1777,size=1m', COVER, s.mnt], { uid: 0, timeout: 10000 });
+            if (c.exitCode === 0) {
+              note(`cover ${s.p.name} ${s.mnt}`);
+              fault('mount point covered');
+              covers.set(s, Date.now() + 300 + rnd() * 1500);
+            }
+          }
+        } else if (r < 0.42) {
           const sv = pick(inst.filter((p) => p.comm.startsWith('fuse2fs')));
           if (sv) {
             note(`SIGKILL server ${sv.pid}`);
@@ -212,6 +237,7 @@ export async function runFaults(o: FaultOptions): Promise<FaultResult> {
       if (lastRound) {
         note('faults stop; waiting for the workers');
         await Promise.all(workers);
+        for (const s of [...covers.keys()]) await uncover(s);
       } else await sleep(rnd() * 500);
       current = await start();
       if (lastRound) break;
@@ -296,6 +322,9 @@ export async function runFaults(o: FaultOptions): Promise<FaultResult> {
   }
   return res;
 }
+
+/** The source name of the injector's covering tmpfs mounts. */
+const COVER = 'faultcover';
 
 /** Ids whose launcher runs but whose record has no mount ids yet: a mount in flight. */
 function inFlight(runtimeDir: string): number[] {
