@@ -108,7 +108,11 @@ test('unmount by id of a mount point the caller covered: the cover is left alone
   const { img, mnt, id } = await mountOne('covered');
   // A tmpfs over the mount point: unmount by id must not detach the caller's tmpfs.
   await cover(mnt);
+  const t0 = Date.now();
   const u = await caller.run([CLIENT, '--socket', broker.socket, 'unmount', '--id', String(id)]);
+  // The launcher knows its connection lives on under the cover: SIGTERM at once, not after
+  // the server's stopTimeoutMs (10 s) of waiting for an exit that cannot come by itself.
+  assert.ok(Date.now() - t0 < 5000, `answered within 5 s (${Date.now() - t0} ms)`);
   // The instance ends (its server sees SIGTERM), but its mount stays under the tmpfs: "ok"
   // would tell the caller a mount is gone that is still in its namespace.
   assert.is(u.exitCode, 2, `refused: ${u.stderr}`);

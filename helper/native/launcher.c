@@ -3677,6 +3677,11 @@ static void begin_stop(int signo)
 	int64_t grace = S.stop_timeout_ms / 2 < KILL_GRACE_MS ? S.stop_timeout_ms / 2 : KILL_GRACE_MS;
 	stop_end = now_ms() + (S.mount_fuse ? S.stop_timeout_ms : 0);
 	G.term_deadline = stop_end - (S.mount_fuse ? grace : 0);
+	/* A mount the detach could not reach (covered) keeps its connection: the server would
+	 * never see it end, so waiting for a voluntary exit only delays the answer. SIGTERM now
+	 * (it flushes and exits); SIGKILL stays at stop_end. */
+	if (G.left_mounted && !G.detached)
+		G.term_deadline = now_ms();
 	if (G.term_deadline <= 0)
 		G.term_deadline = 1;
 }

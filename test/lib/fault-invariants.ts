@@ -131,7 +131,9 @@ export function checkProcesses(runtimeDir: string, broker: Broker, listed: Liste
   const out: string[] = [];
   const running = listed.filter((l) => l.state === 'running');
   const servers = serversOf(runtimeDir);
-  const known = new Set(running.map((l) => l.server_pid));
+  // A stopping instance's server is still its own: a stop whose detach found the mount covered
+  // waits out stop_timeout_ms for it (its connection lives on under the cover), then ends it.
+  const known = new Set(listed.filter((l) => l.state === 'running' || l.state === 'stopping').map((l) => l.server_pid));
   for (const pid of servers) if (!known.has(pid)) out.push(`processes: server pid ${pid} (parent ${ppidOf(pid)}) belongs to no listed running instance`);
   for (const l of running) if (!l.server_pid || !servers.includes(l.server_pid)) out.push(`processes: instance ${l.id} is listed running with server pid ${l.server_pid}, which is not a server of this runtime dir`);
   const liveIds = new Set(listed.filter(live).map((l) => l.id));
