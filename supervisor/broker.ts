@@ -28,6 +28,8 @@ const LOG_CHECK_MS = 1000;
 /** How long a new broker waits for the state of a launcher its predecessor died spawning. */
 const ADOPT_WAIT_MS = 10000;
 const ORPHAN_REASON = 'the launcher was killed; its mount may be left dead: unmount it';
+/** The launcher ended but could not detach its mount: a stop answers EMOUNT_LEFT with it. */
+const LEFT_REASON = 'the server ended but its mount is left (covered by another mount, or the detach failed): unmount it by path once it is uncovered';
 
 /** What the helper of libfuse's contained-service protocol asked for (supervisor/upstream.ts). */
 export type HelperMountRequest = { fstype: string; options: string; sourceName: string; targetName: string };
@@ -465,6 +467,7 @@ export class Broker {
         uid,
         server: server.name,
         started_at: Date.now(),
+        mntns: callerMntns(caller.pidfd),
       };
       const specFor = (cgroup: string[], cgroupJoined: boolean) =>
         mountSpec({
@@ -569,6 +572,13 @@ export class Broker {
       const tail = oneLine(this.dir.logTail(id, 600), 400);
       // The whole log outlives the instance's other files (supervisor/failed-logs.ts).
       const kept = keepFailedLog(this.cfg.runtimeDir, id, this.dir.file(id, 'log'));
+      if (inst.orphaned) {
+        // Killed after it attached the mount: the record stays, listed as a dead mount for
+        // its owner to remove (a forgotten one would be a mount nobody can account for).
+        this.dir.writeRecord(inst.rec);
+        log.info(`instance ${id}: start failed after the attach: ${r.code}: ${r.message}; its mount may be left dead on ${rec.target}`);
+        throw new RequestError(r.code as never, `${r.message}; ${ORPHAN_REASON}`);
+      }
       this.forget(inst);
       if (r.code === 'EUID_BUSY' && attempt < 3) continue; // another broker's instance holds it
       log.info(`instance ${id}: start failed: ${r.code}: ${r.message}${tail && !r.message.includes(tail) ? ` (log: ${tail})` : ''}${kept ? `; whole log: ${kept}` : ''}`);
@@ -590,11 +600,17 @@ export class Broker {
   private onLauncherExit(inst: Instance): void {
     const st = this.dir.readState(inst.rec.id) ?? { state: 'exited' as const, reason: 'the launcher died without a final state' };
     const wasRunning = inst.status.state === 'running';
+    // Written before its attach (the record gets it only with the readiness line): a launcher
+    // killed after attaching but before ready leaves a mount only this id can be matched to.
+    inst.rec.mnt_id_old ??= st.mnt_id_old;
     inst.status = { ...st, state: 'exited', ended_at: st.ended_at ?? Date.now() };
     if (st.state !== 'exited') {
       // Killed before it could detach: the mount may be left dead in the caller's namespace.
       inst.orphaned = mayLeaveDeadMount(inst.rec, st);
       inst.status.reason = inst.orphaned ? ORPHAN_REASON : st.detached ? `the launcher was killed after it detached the mount (last state ${st.state})` : `the launcher ended unexpectedly (last state ${st.state})`;
+    } else if (mayLeaveDeadMount(inst.rec, st)) {
+      inst.orphaned = true;
+      inst.status.reason = LEFT_REASON;
     }
     safeClose(inst.pidfd);
     inst.pidfd = -1;
@@ -701,6 +717,12 @@ export class Broker {
     }
     if (caller.uid !== 0 && caller.uid !== inst.rec.owner_uid) throw new RequestError('EPERM_MOUNT', `mount ${inst.rec.id} belongs to uid ${inst.rec.owner_uid}`);
     const st = await this.stopInstance(inst, req.timeoutMs ?? 10000);
+    if (inst.orphaned) {
+      // The instance ended, its mount did not (its launcher was killed before it detached, or
+      // the mount is covered): "ok" would be a lie. Listed as a dead mount for its owner.
+      log.info(`instance ${inst.rec.id}: unmount for uid ${caller.uid}: the instance ended but its mount on ${inst.rec.target} is left: ${st.reason ?? ''}`);
+      throw new RequestError('EMOUNT_LEFT', `instance ${inst.rec.id} ended but its mount is still there (${inst.status.reason ?? 'not detached'})`);
+    }
     log.info(`instance ${inst.rec.id}: unmounted ${inst.rec.target} for uid ${caller.uid}`);
     return { ok: true, id: inst.rec.id, exit_code: st.exit_code ?? null, exit_signal: st.exit_signal ?? null };
   }
@@ -768,7 +790,32 @@ export class Broker {
     return r;
   }
 
+  /**
+   * A record that says its mount may be left dead is believed until the broker can look: when
+   * the owner asks from the very mount namespace the mount was made in, its mount table (through
+   * the caller's pidfd) shows whether a FUSE mount of that id is still there. Gone (detached
+   * by a launcher killed before it could say so, or never attached: killed just before the
+   * attach), the record is an ended instance like any other, listed once and collected.
+   */
+  private settleDeadMounts(caller: Caller): void {
+    let ns: string | undefined;
+    let table: string[] | undefined;
+    for (const inst of this.instances.values()) {
+      if (!inst.orphaned || inst.rec.owner_uid !== caller.uid || !inst.rec.mntns || !inst.rec.mnt_id_old) continue;
+      ns ??= callerMntns(caller.pidfd) ?? '';
+      if (ns !== inst.rec.mntns) continue;
+      table ??= callerMountinfo(caller.pidfd);
+      if (!table || callerMntns(caller.pidfd) !== ns) return; // not visible, or it moved meanwhile
+      const there = table.some((l) => l.split(' ')[0] === inst.rec.mnt_id_old && /^fuse(blk)?(\.|$)/.test(l.split(' - ')[1]?.split(' ')[0] ?? ''));
+      if (there) continue;
+      inst.orphaned = false;
+      inst.status.reason = inst.status.reason === ORPHAN_REASON ? 'the launcher was killed; its mount is not in the caller\'s namespace (detached or never attached)' : 'the server ended; its mount, which a detach could not reach, has since gone from the caller\'s namespace';
+      log.info(`instance ${inst.rec.id}: no mount of it is left in its owner's namespace (mount id ${inst.rec.mnt_id_old} absent): no longer listed as a dead mount`);
+    }
+  }
+
   private list(caller: Caller, req: ListRequest): Reply {
+    this.settleDeadMounts(caller);
     const after = req.after ?? 0;
     const insts = [...this.instances.values()]
       .filter((i) => i.rec.id > after && (caller.uid === 0 || i.rec.owner_uid === caller.uid))
@@ -821,7 +868,7 @@ export class Broker {
         // record so its owner can unmount it (detachOrphan); else list it for the usual window,
         // counted from its end, not from this start.
         const orphaned = mayLeaveDeadMount(rec, st);
-        const reason = orphaned ? ORPHAN_REASON : st?.state !== 'exited' && st?.detached ? `the launcher was killed after it detached the mount (last state ${st.state})` : (st?.reason ?? 'ended while the broker was not running');
+        const reason = orphaned ? deadMountReason(st) : st?.state !== 'exited' && st?.detached ? `the launcher was killed after it detached the mount (last state ${st.state})` : (st?.reason ?? 'ended while the broker was not running');
         const endedAt = st?.ended_at || this.dir.mtime(id, 'state') || rec.started_at;
         const keep = (orphaned ? ORPHAN_KEEP_MS : ENDED_KEEP_MS) - (Date.now() - endedAt);
         if (keep <= 0) {
@@ -936,7 +983,15 @@ export function setSocketModeNoFollow(p: string, mode: number, gid: number | und
  * full stop (found by test/faults-inject.test.ts: a launcher killed while its server flushed).
  */
 function mayLeaveDeadMount(rec: InstanceRecord, st: Instance['status'] | undefined): boolean {
-  return st?.state !== 'exited' && rec.mnt_id_old !== undefined && !st?.detached;
+  if (rec.mnt_id_old === undefined || st?.detached) return false;
+  // Killed before it could detach, or ended with its mount left where a detach could not
+  // remove it (covered by another mount): either way its owner's unmount by path removes it.
+  return st?.state !== 'exited' || st.left_mounted === true;
+}
+
+/** Why an instance whose mount may be left dead is listed so (mayLeaveDeadMount). */
+function deadMountReason(st: Instance['status'] | undefined): string {
+  return st?.state === 'exited' ? LEFT_REASON : ORPHAN_REASON;
 }
 
 /** Which pool serves a definition: one per set of cgroup limits. */
@@ -948,6 +1003,19 @@ function poolKey(server: ServerDef): string {
 /** Waits until a stopped broker's instances are gone (used by tests and `stop`). */
 export async function waitForExit(pidfd: number, ms: number): Promise<boolean> {
   return waitPidfd(pidfd, ms);
+}
+
+/** The caller's mount namespace as "dev:ino" of /proc/PID/ns/mnt (undefined if not visible). */
+function callerMntns(pidfd: number): string | undefined {
+  try {
+    const pid = Number(/^Pid:\s*(-?\d+)$/m.exec(readFileSync(`/proc/self/fdinfo/${pidfd}`, 'utf8'))?.[1]);
+    if (!(pid > 0)) return undefined;
+    const st = statSync(`/proc/${pid}/ns/mnt`);
+    // Only if the pid still names the caller (a live pidfd pins the pid number).
+    return sock.pidfdIsAlive(pidfd) ? `${st.dev}:${st.ino}` : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** The caller's mount table, read through its pidfd's pid (undefined if not visible). */

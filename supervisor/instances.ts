@@ -29,6 +29,8 @@ export type InstanceRecord = {
   mnt_id_old?: string;
   /** The target as the kernel prints the caller's descriptor, at mount time. */
   target_path?: string;
+  /** The caller's mount namespace ("dev:ino" of /proc/PID/ns/mnt) where the broker saw it. */
+  mntns?: string;
   /** Instance cgroups a pooled launcher sat in itself: the broker removes them after it. */
   cgroups_to_remove?: string[];
 };
@@ -47,6 +49,11 @@ export type InstanceState = {
   mnt_id_old?: string;
   /** The launcher detached the mount (or found it gone): if it dies now, no dead mount is left. */
   detached?: boolean;
+  /**
+   * A detach found the mount but could not remove it (the caller covered it with another
+   * mount, or a step failed): it stays in the caller's namespace, dead once the server ends.
+   */
+  left_mounted?: boolean;
 };
 
 export type Instance = {
@@ -153,6 +160,7 @@ export class InstanceDir {
       mnt_id: mntId('mnt_id'),
       mnt_id_old: mntId('mnt_id_old'),
       detached: kv.detached === '1',
+      left_mounted: kv.left_mounted === '1',
     };
   }
 

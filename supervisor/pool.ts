@@ -211,6 +211,7 @@ export class LauncherPool {
       e.watcher.stop();
       // Its cgroups take the instance's name, like those of a launcher spawned for the request
       // (cgroup v1 can rename a directory in place; where that fails the pool name stays).
+      const poolNames = e.cgroups;
       e.cgroups = e.cgroups.map((d) => {
         const named = path.join(path.dirname(d), cgroupName);
         try {
@@ -227,7 +228,24 @@ export class LauncherPool {
         log.warn(`launcher pool: launcher ${e.pid} could not take the request (${(err as Error).message}); spawning one`);
         sock.pidfdSendSignal(e.pidfd, 9);
         for (const fd of [e.sock, e.readyRd]) closeSync(fd);
-        const { pidfd, cgroups } = e;
+        // The instance's name goes back to the pool's (unique) one before the next launcher
+        // or a spawn takes it: a dead launcher's cgroup kept under it until its exit is
+        // polled made the spawn's mkdir of the same name fail EEXIST (a fault run: ESANDBOX
+        // mkdir(.../HASH-508): EEXIST). Where it cannot go back, it is removed at once.
+        const { pidfd } = e;
+        const cgroups = e.cgroups.map((d, k) => {
+          if (d === poolNames[k]) return d;
+          try {
+            renameSync(d, poolNames[k]);
+            return poolNames[k];
+          } catch (re) {
+            // Still holding the killed launcher: rmdir fails EBUSY; then the name is lost
+            // for this id and the spawn refuses (fail closed) rather than share it.
+            removeCgroups([d]);
+            log.warn(`launcher pool: cannot give ${d} its pool name back (${(re as NodeJS.ErrnoException).code ?? (re as Error).message})`);
+            return d;
+          }
+        });
         onPidfdExit(pidfd, () => {
           closeSync(pidfd);
           removeCgroups(cgroups);

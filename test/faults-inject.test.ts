@@ -15,6 +15,7 @@ test(`broker and launcher SIGKILLs under concurrent mounts (seed ${seed}): every
   const r = await runFaults({ seed, seconds, log: (s) => console.log(s) });
   console.log(`    ${describe(r)}`);
   assert.ok(r.mounts > 0 && r.rounds > 1, `seed ${seed}: the run did something (${r.mounts} mounts, ${r.rounds} rounds)`);
+  assert.ok((r.faults['mount point covered'] ?? 0) > 0, `seed ${seed}: a mount point was covered (the case of seed 1023004967)`);
   assert.ok(r.violations.length === 0, `seed ${seed}: ${r.violations.length} invariant violation(s) (timeline and broker logs: ${r.logFile}):\n  ${r.violations.join('\n  ')}`);
 });
 

@@ -7,7 +7,9 @@ import path from 'node:path';
 import { NATIVE, clientArgs, instanceProcesses, makeDir, makeImage, newCaller, processes, startBroker, tmpdir, waitFor, type Broker, type Caller, madeRuntimeDir } from './lib/harness.js';
 import * as sock from '../helper/native/socket.js';
 import { InstanceDir } from '../supervisor/instances.js';
-import { LauncherPool } from '../supervisor/pool.js';
+import { LauncherPool, PoolIds } from '../supervisor/pool.js';
+import { cgroupName, discoverHierarchies, existingInstanceCgroups, instanceCgroups, parentName, removeCgroups, sweepRuntimeDir } from '../supervisor/cgroups.js';
+import { DEFAULTS, type Config } from '../supervisor/config.js';
 
 async function cycles(broker: Broker, caller: Caller, dir: string, n: number): Promise<void> {
   const img = await makeImage(dir, `p${n}.img`, 16);
@@ -110,5 +112,49 @@ test('a pooled launcher found dead at claim time (before its exit was polled) le
 function readdirFds(): number[] {
   return readdirSync('/proc/self/fd').map(Number);
 }
+
+test('a claim that fails after the pooled launcher\'s cgroups took the instance\'s name gives the name back: the spawn for that id makes its own cgroups (no EEXIST)', async () => {
+  // What a fault run found once ("ESANDBOX ... mkdir(.../HASH-508): EEXIST"): a pooled
+  // launcher killed between claim's liveness check and the hand-over had its cgroups renamed
+  // to instance 508's name; the broker then spawned a launcher for 508, whose mkdir of that
+  // name met the dead launcher's cgroup, removed only once its exit was polled.
+  const limits = { pidsMax: 64 };
+  assert.ok(discoverHierarchies().some((h) => h.writable && h.controllers.includes('pids')), 'a writable pids hierarchy (this test needs one)');
+  const runtimeDir = madeRuntimeDir();
+  const cfg: Config = { ...DEFAULTS, runtimeDir };
+  const id = 508;
+  const made: string[] = [];
+  const pool: LauncherPool = new LauncherPool(path.join(NATIVE, 'fuse-svc-launcher'), new InstanceDir(runtimeDir), 1, (poolId) => instanceCgroups(cfg, poolId, limits, () => [id, ...pool.ids()]), new PoolIds());
+  try {
+    pool.fill();
+    const mine = () => processes(['fuse-svc-launch']).filter((p) => {
+      try {
+        return readlinkSync(`/proc/${p.pid}/fd/2`).startsWith(runtimeDir + '/');
+      } catch {
+        return false;
+      }
+    });
+    // Joined: its /proc/PID/cgroup names a pool cgroup of this runtime dir.
+    const poolCg = new RegExp(`/${parentName(runtimeDir)}/[0-9a-f]{8}-1\\d{9,}`);
+    await waitFor('the pooled launcher in its cgroups', () => mine().length === 1 && poolCg.test(readFileSync(`/proc/${mine()[0].pid}/cgroup`, 'utf8')), 10000);
+    await new Promise((r) => setTimeout(r, 300)); // and said so on its socket
+    // A descriptor number that is not open: the hand-over (sendmsg) fails EBADF after the
+    // rename, as it fails when the launcher died after the liveness check.
+    const claimed = pool.claim(() => [], [987654], path.join(runtimeDir, 'instances', `${id}.log`), 1000, cgroupName(runtimeDir, id));
+    assert.is(claimed, undefined, 'the failed hand-over is not a claim');
+    // Synchronously, before the killed launcher's exit could be polled: the instance's name is free.
+    const cg = await instanceCgroups(cfg, id, limits, () => [id, ...pool.ids()]);
+    made.push(...cg);
+    assert.ok(cg.length > 0 && cg.every((d) => path.basename(d) === cgroupName(runtimeDir, id)), `the spawn's own cgroups: ${cg.join(' ')}`);
+  } finally {
+    await pool.close();
+    removeCgroups(made);
+    await waitFor('the killed launcher\'s cgroups removed', () => existingInstanceCgroups(runtimeDir, true).length === 0, 5000).catch(() => {});
+    const left = existingInstanceCgroups(runtimeDir, true);
+    sweepRuntimeDir(runtimeDir);
+    rmSync(runtimeDir, { recursive: true, force: true });
+    assert.equal(left, [], 'no cgroup left');
+  }
+});
 
 test.run();

@@ -78,6 +78,7 @@ static const struct {
     {"ESANDBOX", "the sandbox could not be set up"},
     {"ENOENT_MOUNT", "no broker mount matches (not a mount root made by the broker, or no such id)"},
     {"EPERM_MOUNT", "the mount belongs to another user"},
+    {"EMOUNT_LEFT", "the instance ended but its mount is still in the caller's namespace (covered by another mount, or its launcher was killed before it detached): unmount it by path once it is uncovered"},
     {"ESHUTDOWN", "the broker is stopping"},
     {"EINTERNAL", "an internal error; the broker log has details"},
     {"EROFS_SERVER", "rw was asked for, but the server of this filesystem type is read-only (mount with -o ro)"},

@@ -209,6 +209,10 @@ static struct {
 	unsigned int conn_minor;  /* the FUSE connection (fusectl's N), for abort_connection */
 	bool maybe_attached;      /* the attacher ran: detach on the way out */
 	bool detached;            /* the mount is gone from the caller's namespace (state file) */
+	bool left_mounted;        /* a detach could not remove our attached mount (covered by
+	                           * another mount, or a step failed): it stays in the caller's
+	                           * namespace, dead once the server is gone (state file), and
+	                           * only its owner's later unmount by path removes it */
 	int nsfd;                 /* the caller's mount namespace, pinned until ready */
 	bool ns_by_handle;        /* after ready: reached through ns_handle, nsfd closed */
 	bool ns_gone;             /* the caller's mount namespace has ended (handle ESTALE) */
@@ -243,6 +247,7 @@ static struct {
 
 static void state_write(void);
 static void teardown_before_ready(void);
+static void mount_left(void);
 static noreturn void exit_leaving_source(int status);
 static bool reap_within(int *pidfd, int ms, siginfo_t *out);
 static void abort_connection(void);
@@ -1432,10 +1437,11 @@ static void state_write(void)
 	n = snprintf(text, sizeof text,
 		     "state=%s\nlauncher_pid=%d\nlauncher_start=%s\nserver_pid=%d\nmnt_id=%llu\n"
 		     "mnt_id_old=%llu\nexit_code=%d\nexit_signal=%d\nreason=%s\nended_at=%lld\n"
-		     "detached=%d\n",
+		     "detached=%d\nleft_mounted=%d\n",
 		     names[G.phase], (int)getpid(), G.start_time, (int)G.server_pid,
 		     (unsigned long long)G.mnt_id, G.mnt_id_old, G.exit_code, G.exit_signal, G.reason,
-		     G.phase == PHASE_EXITED ? (long long)clock_ms(CLOCK_REALTIME) : 0LL, G.detached);
+		     G.phase == PHASE_EXITED ? (long long)clock_ms(CLOCK_REALTIME) : 0LL, G.detached,
+		     G.left_mounted && !G.detached);
 	snprintf(tmp, sizeof tmp, "%llu.state.tmp", S.id);
 	snprintf(final, sizeof final, "%llu.state", S.id);
 	/* Always a fresh inode: a stale ID.state.tmp (or a hard link someone planted under that
@@ -3244,8 +3250,13 @@ static void detach_mount(void)
 	pid_t pid;
 	siginfo_t si;
 
-	if (!G.maybe_attached || (G.nsfd < 0 && !G.ns_by_handle) || (G.mntfd < 0 && G.mnt_id_old == 0))
+	if (!G.maybe_attached)
 		return;
+	if ((G.nsfd < 0 && !G.ns_by_handle) || (G.mntfd < 0 && G.mnt_id_old == 0)) {
+		logmsg("detach: neither the caller's namespace nor the mount can be reached; the mount is left");
+		mount_left();
+		return;
+	}
 	nsfd = caller_mntns_open();
 	if (nsfd == -ESTALE) {
 		G.ns_gone = true;
@@ -3256,12 +3267,14 @@ static void detach_mount(void)
 	}
 	if (nsfd < 0) {
 		logmsg("detach: open_by_handle_at(caller mount namespace): %s; the mount is left", strerror(-nsfd));
+		mount_left();
 		return;
 	}
 	pid = clone_pidfd(0, &pidfd);
 	if (pid < 0) {
-		logmsg("clone3(detacher): %s", strerror(errno));
+		logmsg("clone3(detacher): %s; the mount is left", strerror(errno));
 		close(nsfd);
+		mount_left();
 		return;
 	}
 	if (pid == 0)
@@ -3286,9 +3299,21 @@ static void detach_mount(void)
 		G.detached = true;
 	}
 	G.maybe_attached = false;
+	if (!G.detached)
+		G.left_mounted = true;
 	/* Said at once: a launcher killed after this (while its server flushes) left no dead
-	 * mount, and the broker must not list one for its owner to remove (fault runs). */
-	if (G.detached && G.phase != PHASE_STARTING)
+	 * mount, and the broker must not list one for its owner to remove (fault runs); one
+	 * that is left is the broker's to list (as it would after a kill), not to report gone. */
+	if (G.phase != PHASE_STARTING)
+		state_write();
+}
+
+/* A detach that could not even try: the attached mount stays where it is (detach_mount). */
+static void mount_left(void)
+{
+	G.maybe_attached = false;
+	G.left_mounted = true;
+	if (G.phase != PHASE_STARTING)
 		state_write();
 }
 
@@ -3764,6 +3789,13 @@ static void on_checker_done(void)
 	}
 
 	if (!S.mount_given) {
+		/* The mount keeps its id when it is moved. Said before the attach: a launcher killed
+		 * between the attach and its next state write leaves a mount the broker must know
+		 * of (it lists it as possibly dead for its owner to remove), not a mount with no
+		 * record. A kill before the attach makes that a false "may be left dead", which the
+		 * owner's unmount answers with ENOENT_MOUNT once; never a mount nobody knows. */
+		G.mnt_id_old = fdinfo_mnt_id(G.mntfd);
+		state_write();
 		err = run_attacher(&what);
 		if (err) {
 			errno = err;
@@ -3818,6 +3850,11 @@ static void begin_stop(int signo)
 	int64_t grace = S.stop_timeout_ms / 2 < KILL_GRACE_MS ? S.stop_timeout_ms / 2 : KILL_GRACE_MS;
 	stop_end = now_ms() + (S.mount_fuse ? S.stop_timeout_ms : 0);
 	G.term_deadline = stop_end - (S.mount_fuse ? grace : 0);
+	/* A mount the detach could not reach (covered) keeps its connection: the server would
+	 * never see it end, so waiting for a voluntary exit only delays the answer. SIGTERM now
+	 * (it flushes and exits); SIGKILL stays at stop_end. */
+	if (G.left_mounted && !G.detached)
+		G.term_deadline = now_ms();
 	if (G.term_deadline <= 0)
 		G.term_deadline = 1;
 }

@@ -14,14 +14,23 @@ export type Party = { name: string; caller: Caller; uid: number; dir: string };
 
 export type Listed = { id: number; owner_uid: number; target: string; state: string; server_pid: number | null; reason: string | null };
 
-/** The broker's words for a mount whose launcher was killed (supervisor/broker.ts ORPHAN_REASON). */
-export const isOrphan = (l: Listed) => l.state === 'exited' && /the launcher was killed/.test(l.reason ?? '');
+/**
+ * The broker's words for a mount that may be left dead (supervisor/broker.ts ORPHAN_REASON: its
+ * launcher was killed before it detached; LEFT_REASON: the detach found it covered). Not "the
+ * launcher was killed after it detached the mount": nothing of that one is left.
+ */
+export const isOrphan = (l: Listed) => l.state === 'exited' && /mount may be left dead|its mount is left/.test(l.reason ?? '');
 const live = (l: Listed) => l.state !== 'exited';
 
 export async function listAll(b: Broker, asUid: number, via: Caller): Promise<Listed[]> {
   const r = await via.run([CLIENT, '--socket', b.socket, '--json', 'list'], { uid: asUid, timeout: 15000 });
   if (r.exitCode !== 0) throw new Error(`list as uid ${asUid} failed: ${r.stderr.trim()}`);
   return (JSON.parse(r.stdout) as { mounts: Listed[] }).mounts;
+}
+
+/** Mount ids (the first field of mountinfo) of the FUSE mounts at `target` in the party's namespace. */
+export function fuseMountIdsAt(p: Party, target: string): string[] {
+  return p.caller.mountinfo().split('\n').filter((l) => / - fuse(\.|blk| )/.test(l) && l.split(' ')[4] === target).map((l) => l.split(' ')[0]);
 }
 
 /** FUSE mount points below the party's directory in its namespace, one entry per mount (stacked ones repeat). */
@@ -122,7 +131,9 @@ export function checkProcesses(runtimeDir: string, broker: Broker, listed: Liste
   const out: string[] = [];
   const running = listed.filter((l) => l.state === 'running');
   const servers = serversOf(runtimeDir);
-  const known = new Set(running.map((l) => l.server_pid));
+  // A stopping instance's server is still its own: a stop whose detach found the mount covered
+  // waits out stop_timeout_ms for it (its connection lives on under the cover), then ends it.
+  const known = new Set(listed.filter((l) => l.state === 'running' || l.state === 'stopping').map((l) => l.server_pid));
   for (const pid of servers) if (!known.has(pid)) out.push(`processes: server pid ${pid} (parent ${ppidOf(pid)}) belongs to no listed running instance`);
   for (const l of running) if (!l.server_pid || !servers.includes(l.server_pid)) out.push(`processes: instance ${l.id} is listed running with server pid ${l.server_pid}, which is not a server of this runtime dir`);
   const liveIds = new Set(listed.filter(live).map((l) => l.id));

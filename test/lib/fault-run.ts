@@ -14,7 +14,7 @@ import { execa } from 'execa';
 import { sweepRuntimeDir } from '../../supervisor/cgroups.js';
 import { CLIENT, DAEMON, ROOT, instanceProcesses, makeDir, makeImage, newCaller, sleep, startBroker, tmpdir, waitFor, type Broker, type Caller, madeRuntimeDir } from './harness.js';
 import { prng } from './prng.js';
-import { checkAccounted, checkCgroups, checkCollected, checkNothingLeft, checkProcesses, fuseMountsOf, isOrphan, listAll, pooledOf, type Listed, type Party } from './fault-invariants.js';
+import { checkAccounted, checkCgroups, checkCollected, checkNothingLeft, checkProcesses, fuseMountIdsAt, fuseMountsOf, isOrphan, listAll, pooledOf, type Listed, type Party } from './fault-invariants.js';
 
 export type FaultOptions = { seed: number; seconds: number; workersPerCaller?: number; poolSize?: number; log?: (s: string) => void; keepLog?: boolean };
 
@@ -31,6 +31,8 @@ export type FaultResult = {
   endLive: number;
   endOrphans: number;
   violations: string[];
+  /** Unmounts answered ok while every FUSE mount at the target stayed (the lie the run checks for). */
+  okButMounted: string[];
   /** Where the timeline and every broker's log went when something broke. */
   logFile?: string;
 };
@@ -50,7 +52,7 @@ export async function runFaults(o: FaultOptions): Promise<FaultResult> {
   const timeline: string[] = [];
   const note = (s: string) => timeline.push(`${((Date.now() - t0) / 1000).toFixed(3)} ${s}`);
   const rnd = prng(o.seed);
-  const res: FaultResult = { seed: o.seed, seconds: o.seconds, rounds: 0, faults: {}, mounts: 0, unmounts: 0, refusals: {}, readopted: 0, endLive: 0, endOrphans: 0, violations: [] };
+  const res: FaultResult = { seed: o.seed, seconds: o.seconds, rounds: 0, faults: {}, mounts: 0, unmounts: 0, refusals: {}, readopted: 0, endLive: 0, endOrphans: 0, violations: [], okButMounted: [] };
   const fault = (k: string) => (res.faults[k] = (res.faults[k] ?? 0) + 1);
   const refused = (k: string, stderr = '') => {
     res.refusals[k] = (res.refusals[k] ?? 0) + 1;
@@ -88,14 +90,28 @@ export async function runFaults(o: FaultOptions): Promise<FaultResult> {
     const deadline = t0 + o.seconds * 1000;
     let running = true;
     const client = (s: Slot, ...args: string[]) => s.p.caller.run([CLIENT, '--socket', socket, ...args], { uid: s.p.uid, timeout: 40000 });
+    // An unmount answered ok removed a mount: some FUSE mount at the target before it is gone
+    // after it. (A mount that a lost reply left in flight may attach meanwhile: only a removal
+    // counts, never the count.) A launcher killed mid-unmount must not be answered ok.
+    const unmount = async (s: Slot, ...args: string[]) => {
+      const before = fuseMountIdsAt(s.p, s.mnt);
+      const u = await client(s, 'unmount', ...args);
+      if (u.exitCode === 0) {
+        res.unmounts++;
+        const after = new Set(fuseMountIdsAt(s.p, s.mnt));
+        if (before.length && before.every((id) => after.has(id))) {
+          res.okButMounted.push(`unmount ${args.join(' ')} (${s.p.name}) answered ok, but every FUSE mount at ${s.mnt} (mount ids ${before.join(',')}) is still there`);
+          note(`LIE: ${res.okButMounted[res.okButMounted.length - 1]}`);
+        }
+      } else refused(`unmount:${codeOf(u.stderr)}`, u.stderr);
+      return u;
+    };
     // One worker per slot: mount, use, unmount by path or id; a mount it lost track of (the
     // broker died before answering) is unmounted by path first.
     const worker = async (s: Slot) => {
       while (running) {
         if (fuseMountsOf(s.p).includes(s.mnt)) {
-          const u = await client(s, 'unmount', s.mnt);
-          if (u.exitCode === 0) res.unmounts++;
-          else refused(`unmount:${codeOf(u.stderr)}`, u.stderr);
+          const u = await unmount(s, s.mnt);
           await sleep(u.exitCode === 0 ? 0 : 50 + s.rnd() * 150);
           continue;
         }
@@ -114,10 +130,29 @@ export async function runFaults(o: FaultOptions): Promise<FaultResult> {
         await s.p.caller.run(['timeout', '10', ...use], { uid: s.p.uid, timeout: 15000 });
         await sleep(s.rnd() * 200);
         const byId = s.rnd() < 0.5;
-        const u = await client(s, 'unmount', ...(byId ? ['--id', String(id)] : [s.mnt]));
-        if (u.exitCode === 0) res.unmounts++;
-        else refused(`unmount:${codeOf(u.stderr)}`, u.stderr);
+        await unmount(s, ...(byId ? ['--id', String(id)] : [s.mnt]));
       }
+    };
+    // Covered mount points (the injector's), and when each is uncovered.
+    const covers = new Map<Slot, number>();
+    const uncover = async (s: Slot) => {
+      // Whatever mounted on the cover meanwhile (a mount in flight) goes first: umount(2) of
+      // the top, which ends a broker instance as any umount does.
+      for (let i = 0; i < 6 && s.p.caller.mountinfo().split('\n').some((l) => l.split(' ')[4] === s.mnt && l.includes(` - tmpfs ${COVER} `)); i++) {
+        await s.p.caller.run(['umount', s.mnt], { uid: 0, timeout: 10000 });
+      }
+      covers.delete(s);
+      note(`uncover ${s.p.name} ${s.mnt}`);
+    };
+    const coverOne = async (until: number) => {
+      const open = slots.filter((x) => !covers.has(x) && fuseMountsOf(x.p).includes(x.mnt));
+      const s = open[Math.floor(rnd() * open.length)];
+      if (!s) return;
+      const c = await s.p.caller.run(['mount', '-t', 'tmpfs', '-o', 'mode=1777,size=1m', COVER, s.mnt], { uid: 0, timeout: 10000 });
+      if (c.exitCode !== 0) return;
+      note(`cover ${s.p.name} ${s.mnt}`);
+      fault('mount point covered');
+      covers.set(s, until);
     };
     current = await start();
     const workers = slots.map((s) => worker(s));
@@ -127,6 +162,7 @@ export async function runFaults(o: FaultOptions): Promise<FaultResult> {
       const roundEnd = Math.min(deadline, Date.now() + 300 + rnd() * 2700);
       while (Date.now() < roundEnd) {
         await sleep(80 + rnd() * 300);
+        for (const [s, until] of covers) if (Date.now() >= until) await uncover(s);
         const r = rnd();
         const inst = instanceProcesses(runtimeDir);
         const pick = <T>(xs: T[]) => xs[Math.floor(rnd() * xs.length)];
@@ -152,7 +188,12 @@ export async function runFaults(o: FaultOptions): Promise<FaultResult> {
               /* gone */
             }
           }
-        } else if (r < 0.3) {
+        } else if (r < 0.34) {
+          // A caller covers its own mount point (what a lost mount reply does: the worker
+          // mounts again over its first mount). The covered mount's end, by a stop or its
+          // server's death, must leave a record its owner can remove once it is uncovered.
+          await coverOne(Date.now() + 300 + rnd() * 1500);
+        } else if (r < 0.42) {
           const sv = pick(inst.filter((p) => p.comm.startsWith('fuse2fs')));
           if (sv) {
             note(`SIGKILL server ${sv.pid}`);
@@ -167,6 +208,12 @@ export async function runFaults(o: FaultOptions): Promise<FaultResult> {
       }
       // The last fault is always a SIGKILL with requests in flight: what it leaves is checked.
       const lastRound = Date.now() >= deadline;
+      // Every run, however short, covers a mount point at least once (the case of seed
+      // 1023004967): here, with requests in flight, kept until the workers are done.
+      if (lastRound && !res.faults['mount point covered']) {
+        await waitFor('a mounted slot to cover', () => slots.some((x) => fuseMountsOf(x.p).includes(x.mnt)), 5000, 20).catch(() => note('no mount to cover'));
+        await coverOne(Infinity);
+      }
       if (lastRound) running = false;
       const term = !lastRound && rnd() < 0.2;
       const b = current;
@@ -188,6 +235,7 @@ export async function runFaults(o: FaultOptions): Promise<FaultResult> {
       if (lastRound) {
         note('faults stop; waiting for the workers');
         await Promise.all(workers);
+        for (const s of [...covers.keys()]) await uncover(s);
       } else await sleep(rnd() * 500);
       current = await start();
       if (lastRound) break;
@@ -197,6 +245,7 @@ export async function runFaults(o: FaultOptions): Promise<FaultResult> {
 
     // ---- the invariants ---------------------------------------------------------------------
     const v = res.violations;
+    v.push(...res.okButMounted.map((x) => `honest: ${x}`));
     const via = parties[1].caller;
     await waitFor(`no instance still starting (seed ${o.seed})`, async () => (await listAll(b, 0, via)).every((l) => l.state === 'starting' ? false : true), 25000, 200).catch((e: Error) => v.push(`settle: ${e.message}`));
     // A launcher ending right now (its server was killed) must finish its own teardown first.
@@ -271,6 +320,9 @@ export async function runFaults(o: FaultOptions): Promise<FaultResult> {
   }
   return res;
 }
+
+/** The source name of the injector's covering tmpfs mounts. */
+const COVER = 'faultcover';
 
 /** Ids whose launcher runs but whose record has no mount ids yet: a mount in flight. */
 function inFlight(runtimeDir: string): number[] {

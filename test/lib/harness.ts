@@ -157,8 +157,15 @@ export async function closeEnv(e: Partial<Env>): Promise<void> {
   if (e.dir) rmSync(e.dir, { recursive: true, force: true });
 }
 
-export async function newCaller(): Promise<Caller> {
-  const holder = spawn('unshare', ['--mount', '--propagation', 'private', '--', 'sleep', '3600'], { stdio: 'ignore' });
+/**
+ * `cpu`: made on that CPU only (taskset). Linux 6.18 numbers namespaces from per-CPU batches
+ * (ns_tree_gen_id: gen_cookie_next), so ids follow creation order only among namespaces made
+ * on one CPU; the bind of an nsfs file is allowed only into a namespace with a smaller id
+ * (mnt_ns_loop), which a test of that needs to be the older one.
+ */
+export async function newCaller(o: { cpu?: number } = {}): Promise<Caller> {
+  const argv = [...onCpu(o.cpu), 'unshare', '--mount', '--propagation', 'private', '--', 'sleep', '3600'];
+  const holder = spawn(argv[0], argv.slice(1), { stdio: 'ignore' });
   const pid = holder.pid!;
   const myNs = readlinkSync('/proc/self/ns/mnt');
   await waitFor('the caller namespace', () => {
@@ -326,12 +333,18 @@ export function uidLocked(runtimeDir: string, uid: number): Promise<boolean> {
  */
 export type NsShell = { pid: number; ns: string; out: () => string; exit: () => Promise<void> };
 
-export async function nsShell(script: string, o: { userns?: boolean } = {}): Promise<NsShell> {
+/** taskset's prefix pinning a command (and what it starts) to one CPU, or nothing. */
+function onCpu(cpu: number | undefined): string[] {
+  return cpu === undefined ? [] : ['taskset', '-c', String(cpu)];
+}
+
+/** `cpu`: the namespace is made on that CPU (see newCaller). */
+export async function nsShell(script: string, o: { userns?: boolean; cpu?: number } = {}): Promise<NsShell> {
   const body = `${script}\necho READY\nread x\n`;
   const drop = ['setpriv', '--reuid', String(USER), '--regid', String(USER), '--clear-groups', '--'];
   const argv = o.userns
-    ? [...drop, 'unshare', '-Urm', '--propagation', 'private', '--', 'sh', '-c', body]
-    : ['unshare', '--mount', '--propagation', 'private', '--', ...drop, 'sh', '-c', body];
+    ? [...onCpu(o.cpu), ...drop, 'unshare', '-Urm', '--propagation', 'private', '--', 'sh', '-c', body]
+    : [...onCpu(o.cpu), 'unshare', '--mount', '--propagation', 'private', '--', ...drop, 'sh', '-c', body];
   const proc = spawn(argv[0], argv.slice(1), { stdio: ['pipe', 'pipe', 'pipe'], env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: '/' } });
   let out = '';
   proc.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));
