@@ -118,6 +118,7 @@ export function mountSpec(m: MountInstance): SpecRecord[] {
   // No image, no sentinel: a transport server runs without a seccomp notifier at all.
   if (image) recs.push(['source_sentinel', SOURCE_SENTINEL]);
   if (s.fuseFd === 'notify') recs.push(['fuse_handover', 'notify']);
+  if (s.daemonizes) recs.push(['reaper', 1]);
   recs.push(...sandboxRoot(s, m.standin, m.cgroup));
   if (m.cgroupJoined) recs.push(['cgroup_joined', 1]);
   recs.push(['root_dir', SERVER_MOUNTPOINT]);

@@ -18,6 +18,7 @@
  *        "attacher" and "detacher" (attach/detach the mount in the caller's namespace)
  */
 #include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -168,6 +169,8 @@ struct spec {
 	long long stop_timeout_ms, ready_timeout_ms;
 	bool listen_env;
 	bool cgroup_joined;     /* pooled: the launcher itself joined S.cgroups before the request */
+	bool reaper;            /* the server forks into the background: pid 1 of its pid namespace
+	                         * is a reaper (run_reaper), the server pid 2 */
 };
 
 static struct spec S = {
@@ -203,6 +206,7 @@ static struct {
 	bool ns_gone;             /* the caller's mount namespace has ended (handle ESTALE) */
 	pid_t server_pid;
 	int server_pidfd;
+	pid_t serving_pid;        /* reaper: the sandbox process holding the FUSE fd at ready */
 	int notify_fd;            /* seccomp user notifications from the server */
 	int log_fd;               /* read end of the server's stdout/stderr */
 	pid_t checker_pid;
@@ -734,7 +738,7 @@ static void spec_record(char **f, unsigned n)
 	static struct {
 		bool id, rundir, uid, gid, mount, fsname, subtype, owner, readonly, noexec, default_permissions, allow_other, max_read, fuse_fd,
 			sentinel, fuse_handover, root_passwd, root_usr, root_bin, tmp_size, proc, proc_source, hostname, umask, oom,
-			nnp, cwd, exec, seccomp_default, stop, ready, listen_env, cgroup_joined;
+			nnp, cwd, exec, seccomp_default, stop, ready, listen_env, cgroup_joined, reaper;
 	} seen;
 	const char *k = f[0];
 #define NF(min, max)                                                            \
@@ -951,6 +955,9 @@ static void spec_record(char **f, unsigned n)
 	} else if (!strcmp(k, "cgroup_joined")) {
 		NF(1, 1); ONCE(cgroup_joined);
 		S.cgroup_joined = spec_bool(f[1]);
+	} else if (!strcmp(k, "reaper")) {
+		NF(1, 1); ONCE(reaper);
+		S.reaper = spec_bool(f[1]);
 	} else {
 		spec_error("unknown key: %s", k);
 	}
@@ -983,6 +990,9 @@ static void spec_check(void)
 		spec_error("fd fuse without mount given");
 	if (S.fd_transport >= 0 && (S.fd_source >= 0 || S.listen_env))
 		spec_error("fd transport is the server's stdin and stdout: not with fd source or listen_env");
+	/* LISTEN_PID=1 names the server; with a reaper that is pid 2 (and a unit never forks away) */
+	if (S.reaper && S.listen_env)
+		spec_error("reaper is for a mounted server that forks into the background, not listen_env");
 	if (S.listen_env && S.fd_conn < 0)
 		spec_error("listen_env without fd conn");
 	if (S.listen_env && S.fuse_fd == 3)
@@ -1305,7 +1315,7 @@ static void state_write(void)
 		     "state=%s\nlauncher_pid=%d\nlauncher_start=%s\nserver_pid=%d\nmnt_id=%llu\n"
 		     "mnt_id_old=%llu\nexit_code=%d\nexit_signal=%d\nreason=%s\nended_at=%lld\n"
 		     "detached=%d\n",
-		     names[G.phase], (int)getpid(), G.start_time, (int)G.server_pid,
+		     names[G.phase], (int)getpid(), G.start_time, (int)(G.serving_pid ? G.serving_pid : G.server_pid),
 		     (unsigned long long)G.mnt_id, G.mnt_id_old, G.exit_code, G.exit_signal, G.reason,
 		     G.phase == PHASE_EXITED ? (long long)clock_ms(CLOCK_REALTIME) : 0LL, G.detached);
 	snprintf(tmp, sizeof tmp, "%llu.state.tmp", S.id);
@@ -2447,6 +2457,87 @@ static void install_filters(struct child_fds *c)
 	}
 }
 
+/*
+ * S.reaper: pid 1 of the sandbox's pid namespace, for a server that forks into the background
+ * (libfuse's fuse_daemonize without -f: the parent exits 0 once its child serves). The kernel
+ * kills a pid namespace whose pid 1 ends, so a pid-1 server that forks takes its child with it.
+ * Here pid 1 is this loop instead: the launcher's own code, never exec'd, under the server's
+ * uid, with no capability, NoNewPrivs and the same seccomp filters (it forks after they are
+ * loaded), holding no descriptor but the log (fd 2): not the FUSE fd, the source or a
+ * transport, so a dead server still leaves a connection that answers ENOTCONN and a caller's
+ * transport that sees EOF.
+ * It reaps every process of the namespace (orphans are reparented to it), forwards the stop
+ * signals to all of them and exits when none is left: the instance ends when nothing in the
+ * sandbox can serve the mount any more, not when the server's first process exits 0.
+ * Exit status: the first process's if it failed (non-zero or a signal; the others are killed,
+ * a start that failed is over), otherwise the last process's. A signal N is reported as
+ * 128 + N (pid 1 cannot die of a signal it sends itself); describe_exit decodes it.
+ */
+static noreturn void reaper_die(const char *what)
+{
+	logmsg("reaper: %s: %s", what, strerror(errno));
+	/* pid 1 ending kills the namespace: nothing is left behind */
+	_exit(127);
+}
+
+static noreturn void run_reaper(pid_t server)
+{
+	static const int forwarded[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
+	sigset_t set;
+	int last = 0;
+	bool server_done = false;
+
+	G.role = ROLE_HELPER;
+	/* A signal queued for pid 1 is delivered only if it is blocked or handled: block them
+	 * all and take them with sigwaitinfo, SIGCHLD included (its default would drop it). */
+	sigemptyset(&set);
+	sigaddset(&set, SIGCHLD);
+	for (size_t i = 0; i < sizeof forwarded / sizeof forwarded[0]; i++)
+		sigaddset(&set, forwarded[i]);
+	if (sigprocmask(SIG_BLOCK, &set, NULL) < 0)
+		reaper_die("sigprocmask");
+	/* only the log: see above (the error pipe must see EOF at the server's exec, too) */
+	if (close(STDIN_FILENO) < 0 && errno != EBADF)
+		reaper_die("close(0)");
+	if (close(STDOUT_FILENO) < 0 && errno != EBADF)
+		reaper_die("close(1)");
+	if (close_range(3, ~0U, 0) < 0)
+		reaper_die("close_range");
+	for (;;) {
+		int st;
+		pid_t pid;
+		while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
+			int code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+			if (pid == server && !server_done) {
+				server_done = true;
+				if (code != 0) {
+					if (kill(-1, SIGKILL) < 0 && errno != ESRCH)
+						reaper_die("kill(-1, SIGKILL)");
+					while (waitpid(-1, NULL, 0) > 0 || errno == EINTR)
+						;
+					_exit(code);
+				}
+				logmsg("reaper: the server's first process exited 0 (it forked into the background); the instance lives while a process of its sandbox does");
+			}
+			last = code;
+		}
+		if (pid < 0 && errno == ECHILD)
+			_exit(last);
+		if (pid < 0 && errno != EINTR)
+			reaper_die("waitpid");
+		siginfo_t si;
+		int sig = sigwaitinfo(&set, &si);
+		if (sig < 0) {
+			if (errno == EINTR)
+				continue;
+			reaper_die("sigwaitinfo");
+		}
+		/* kill(-1) from pid 1: every other process of the namespace */
+		if (sig != SIGCHLD && kill(-1, sig) < 0 && errno != ESRCH)
+			reaper_die("kill(-1)");
+	}
+}
+
 static noreturn void sandbox_child(struct child_fds *c)
 {
 	char byte;
@@ -2514,6 +2605,15 @@ static noreturn void sandbox_child(struct child_fds *c)
 		die_errno("ESANDBOX", "reset signals");
 	install_filters(c);
 
+	if (S.reaper) {
+		pid_t server = fork();
+		if (server < 0)
+			die_errno("ESANDBOX", "fork(server under the reaper)");
+		if (server > 0) {
+			close(c->err_wr);
+			run_reaper(server);
+		}
+	}
 	execve(S.exec, S.args, S.env ? S.env : (char *[]){NULL});
 	die_errno("ESERVER_START", "execve(%s)", S.exec);
 }
@@ -3476,7 +3576,11 @@ static void pump_log(void)
 
 static void describe_exit(const siginfo_t *si, char *out, size_t size)
 {
-	if (si->si_code == CLD_EXITED) {
+	/* the reaper reports a signal N as 128 + N (run_reaper) */
+	if (S.reaper && si->si_code == CLD_EXITED && si->si_status > 128 && si->si_status <= 128 + 64) {
+		G.exit_code = -1, G.exit_signal = si->si_status - 128;
+		snprintf(out, size, "killed by signal %d", G.exit_signal);
+	} else if (si->si_code == CLD_EXITED) {
 		G.exit_code = si->si_status, G.exit_signal = 0;
 		snprintf(out, size, "server exited with code %d", si->si_status);
 	} else {
@@ -3550,6 +3654,69 @@ static void on_server_exit(void)
 	}
 }
 
+/* Whether process pid holds a descriptor of /dev/fuse (in the sandbox that is only ours). */
+static bool holds_devfuse(pid_t pid)
+{
+	char path[64], link[32];
+	snprintf(path, sizeof path, "/proc/%d/fd", (int)pid);
+	DIR *d = opendir(path);
+	struct dirent *e;
+	bool found = false;
+	if (!d)
+		return false;
+	while (!found && (e = readdir(d))) {
+		ssize_t n = readlinkat(dirfd(d), e->d_name, link, sizeof link - 1);
+		if (n > 0) {
+			link[n] = '\0';
+			found = !strcmp(link, "/dev/fuse");
+		}
+	}
+	closedir(d);
+	return found;
+}
+
+/*
+ * reaper: the process that serves is not the one the launcher started (it forked away), so
+ * the pid the readiness line and the state name is the sandbox process holding the FUSE fd,
+ * found breadth-first from the reaper through /proc/PID/task/TID/children (host pids; the
+ * cgroup's pids.max bounds the walk). 0 if none holds it (the reaper's pid is named then).
+ */
+static pid_t find_serving_pid(void)
+{
+	pid_t queue[256];
+	size_t head = 0, tail = 0;
+	queue[tail++] = G.server_pid;
+	while (head < tail) {
+		pid_t p = queue[head++];
+		char path[64];
+		if (p != G.server_pid && holds_devfuse(p))
+			return p;
+		snprintf(path, sizeof path, "/proc/%d/task", (int)p);
+		DIR *d = opendir(path);
+		struct dirent *e;
+		if (!d)
+			continue;
+		while ((e = readdir(d))) {
+			char file[sizeof e->d_name + 16], buf[1024];
+			if (e->d_name[0] == '.')
+				continue;
+			snprintf(file, sizeof file, "%s/children", e->d_name);
+			int fd = openat(dirfd(d), file, O_RDONLY | O_CLOEXEC);
+			if (fd < 0)
+				continue;
+			ssize_t n = read(fd, buf, sizeof buf - 1);
+			close(fd);
+			if (n <= 0)
+				continue;
+			buf[n] = '\0';
+			for (char *tok = strtok(buf, " \n"); tok && tail < sizeof queue / sizeof queue[0]; tok = strtok(NULL, " \n"))
+				queue[tail++] = (pid_t)atoi(tok);
+		}
+		closedir(d);
+	}
+	return 0;
+}
+
 static void on_checker_done(void)
 {
 	struct check_result r = {.stage = -1};
@@ -3613,10 +3780,19 @@ static void on_checker_done(void)
 	/* From here the mount is the caller's: umount(8), umount -l or fusermount3 -u end the
 	 * instance (the server sees its connection go); a stop finds it again by its id. */
 	close_fd(&G.mntfd);
+	if (S.reaper) {
+		G.serving_pid = find_serving_pid();
+		if (!G.serving_pid)
+			logmsg("reaper: no process of the sandbox holds the FUSE fd at ready");
+	}
+	pid_t named = G.serving_pid ? G.serving_pid : G.server_pid;
 	set_phase(PHASE_RUNNING);
 	step("ready");
-	readiness("ready\t%d\t%llu\t%llu", (int)G.server_pid, (unsigned long long)G.mnt_id, G.mnt_id_old);
-	logmsg("ready: server pid %d, mount id %llu (%llu)", (int)G.server_pid, (unsigned long long)G.mnt_id, G.mnt_id_old);
+	readiness("ready\t%d\t%llu\t%llu", (int)named, (unsigned long long)G.mnt_id, G.mnt_id_old);
+	if (S.reaper)
+		logmsg("ready: server pid %d (under the reaper, pid %d), mount id %llu (%llu)", (int)named, (int)G.server_pid, (unsigned long long)G.mnt_id, G.mnt_id_old);
+	else
+		logmsg("ready: server pid %d, mount id %llu (%llu)", (int)named, (unsigned long long)G.mnt_id, G.mnt_id_old);
 }
 
 static int64_t stop_end;       /* PHASE_STOPPING: when SIGKILL goes, at the latest */
