@@ -171,6 +171,8 @@ struct spec {
 	bool cgroup_joined;     /* pooled: the launcher itself joined S.cgroups before the request */
 	bool reaper;            /* the server forks into the background: pid 1 of its pid namespace
 	                         * is a reaper (run_reaper), the server pid 2 */
+	const char *profile;    /* seccomp_profile: no policy; every syscall of the sandbox is
+	                         * recorded by the notifier and let through; names written here */
 };
 
 static struct spec S = {
@@ -738,7 +740,7 @@ static void spec_record(char **f, unsigned n)
 	static struct {
 		bool id, rundir, uid, gid, mount, fsname, subtype, owner, readonly, noexec, default_permissions, allow_other, max_read, fuse_fd,
 			sentinel, fuse_handover, root_passwd, root_usr, root_bin, tmp_size, proc, proc_source, hostname, umask, oom,
-			nnp, cwd, exec, seccomp_default, stop, ready, listen_env, cgroup_joined, reaper;
+			nnp, cwd, exec, seccomp_default, stop, ready, listen_env, cgroup_joined, reaper, profile;
 	} seen;
 	const char *k = f[0];
 #define NF(min, max)                                                            \
@@ -955,6 +957,9 @@ static void spec_record(char **f, unsigned n)
 	} else if (!strcmp(k, "cgroup_joined")) {
 		NF(1, 1); ONCE(cgroup_joined);
 		S.cgroup_joined = spec_bool(f[1]);
+	} else if (!strcmp(k, "seccomp_profile")) {
+		NF(1, 1); ONCE(profile);
+		S.profile = spec_host_path(f[1]);
 	} else if (!strcmp(k, "reaper")) {
 		NF(1, 1); ONCE(reaper);
 		S.reaper = spec_bool(f[1]);
@@ -990,6 +995,8 @@ static void spec_check(void)
 		spec_error("fd fuse without mount given");
 	if (S.fd_transport >= 0 && (S.fd_source >= 0 || S.listen_env))
 		spec_error("fd transport is the server's stdin and stdout: not with fd source or listen_env");
+	if (S.profile && S.have_seccomp)
+		spec_error("seccomp_profile records what the server calls: not with a seccomp policy");
 	/* LISTEN_PID=1 names the server; with a reaper that is pid 2 (and a unit never forks away) */
 	if (S.reaper && S.listen_env)
 		spec_error("reaper is for a mounted server that forks into the background, not listen_env");
@@ -2036,20 +2043,29 @@ static scmp_filter_ctx build_policy_filter(void)
 	return ctx;
 }
 
-/* open/openat/openat2 stop and wait for the launcher (see handle_notification). */
+/* Whether the sandbox gets the launcher's notify filter: a source to hand, or a profile. */
+static bool has_notifier(void) { return S.sentinel || S.profile; }
+
+/*
+ * open/openat/openat2 stop and wait for the launcher (see handle_notification). seccomp_profile:
+ * every native call does (recorded, then let through), and a foreign-arch call kills: with no
+ * policy filter behind it, nothing else would stop one.
+ */
 static scmp_filter_ctx build_notify_filter(void)
 {
 	static const char *const calls[] = {"open", "openat", "openat2"};
-	scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);
+	scmp_filter_ctx ctx = seccomp_init(S.profile ? SCMP_ACT_NOTIFY : SCMP_ACT_ALLOW);
 	int r;
 	if (!ctx)
 		fail("ESANDBOX", "seccomp_init(notify) failed");
 	/* foreign-arch calls are the policy filter's business, not this one's */
-	r = seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_ALLOW);
+	r = seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, S.profile ? SCMP_ACT_KILL_PROCESS : SCMP_ACT_ALLOW);
 	if (r < 0) {
 		errno = -r;
 		die_errno("ESANDBOX", "seccomp_attr_set(BADARCH)");
 	}
+	if (S.profile)
+		return ctx;
 	for (size_t i = 0; i < sizeof calls / sizeof calls[0]; i++) {
 		int nr = seccomp_syscall_resolve_name(calls[i]);
 		if (nr == __NR_SCMP_ERROR)
@@ -2382,7 +2398,7 @@ static void arrange_fds(struct child_fds *c)
 	int log_wr = park_fd(c->log_wr), fuse = -1, conn = -1, keep[2];
 	size_t nkeep = 0;
 	G.sandbox_err_fd = c->err_wr = park_fd(c->err_wr);
-	if (S.sentinel)
+	if (c->sock_child >= 0)  /* none with seccomp_profile (fetch_listener) */
 		c->sock_child = park_fd(c->sock_child);
 	if (S.mount_fuse && !S.fuse_notify)
 		fuse = park_fd(G.devfuse);
@@ -2434,7 +2450,7 @@ static void send_fd(int sock, int fd)
 static void install_filters(struct child_fds *c)
 {
 	int r;
-	if (S.sentinel) {
+	if (has_notifier()) {
 		int listener;
 		r = seccomp_load(G.notifier);
 		if (r < 0) {
@@ -2444,9 +2460,13 @@ static void install_filters(struct child_fds *c)
 		listener = seccomp_notify_fd(G.notifier);
 		if (listener < 0)
 			fail("ESANDBOX", "seccomp_notify_fd failed");
-		send_fd(c->sock_child, listener);
+		/* seccomp_profile: this very sendmsg would wait for a launcher that has no listener
+		 * yet; the launcher takes it from our fd table instead (fetch_listener) */
+		if (!S.profile) {
+			send_fd(c->sock_child, listener);
+			close(c->sock_child);
+		}
 		close(listener);
-		close(c->sock_child);
 	}
 	if (G.policy) {
 		r = seccomp_load(G.policy);
@@ -2596,7 +2616,7 @@ static noreturn void sandbox_child(struct child_fds *c)
 	if (chdir(S.cwd ? S.cwd : "/") < 0)
 		die_errno("ESANDBOX", "chdir(%s)", S.cwd ? S.cwd : "/");
 	drop_capabilities();
-	if ((S.nnp || G.policy || S.sentinel) && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+	if ((S.nnp || G.policy || has_notifier()) && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
 		die_errno("ESANDBOX", "prctl(PR_SET_NO_NEW_PRIVS)");
 	arrange_fds(c);
 	umask(S.have_umask ? S.umask_value : 022);
@@ -2726,13 +2746,70 @@ static int recv_fd(int sock)
 	return fd;
 }
 
+static void handle_notification(void);
+
+/*
+ * seccomp_profile: the child's filter notifies on every call, its sendmsg of the listener
+ * too, so the listener is taken from its fd table (pidfd_getfd; we are its privileged parent)
+ * as soon as its seccomp(2) made it. Polled, bounded: until then the child is not blocked on
+ * us, and an error it hits arrives on the error pipe (then wait_for_exec reports it).
+ */
+static void fetch_listener(int err_rd)
+{
+	char dir[64];
+	snprintf(dir, sizeof dir, "/proc/%d/fd", (int)G.server_pid);
+	for (int64_t end = now_ms() + 10000; now_ms() < end;) {
+		DIR *d = opendir(dir);
+		struct dirent *e;
+		if (!d)
+			die_errno("ESANDBOX", "opendir(%s)", dir);
+		while ((e = readdir(d))) {
+			char link[64];
+			ssize_t n = readlinkat(dirfd(d), e->d_name, link, sizeof link - 1);
+			if (n <= 0)
+				continue;
+			link[n] = '\0';
+			if (strcmp(link, "anon_inode:seccomp notify"))
+				continue;
+			G.notify_fd = (int)syscall(SYS_pidfd_getfd, G.server_pidfd, atoi(e->d_name), 0);
+			if (G.notify_fd < 0)
+				die_errno("ESANDBOX", "pidfd_getfd(seccomp listener)");
+			closedir(d);
+			return;
+		}
+		closedir(d);
+		struct pollfd p = {.fd = err_rd, .events = POLLIN};
+		if (poll(&p, 1, 2) == 1)
+			return;
+	}
+	fail("ESANDBOX", "seccomp_profile: the sandbox made no seccomp listener within 10 s");
+}
+
 /* EOF on the CLOEXEC error pipe = the child exec'd; otherwise "CODE\tmessage". */
 static void wait_for_exec(int err_rd)
 {
 	char buf[800];
 	size_t len = 0;
 	ssize_t n;
-	while ((n = read(err_rd, buf + len, sizeof buf - 1 - len)) != 0) {
+	for (;;) {
+		/* seccomp_profile: the child's last calls before its exec wait for our answers */
+		if (S.profile && G.notify_fd >= 0) {
+			struct pollfd p[2] = {{.fd = err_rd, .events = POLLIN}, {.fd = G.notify_fd, .events = POLLIN}};
+			if (poll(p, 2, -1) < 0) {
+				if (errno == EINTR)
+					continue;
+				die_errno("EINTERNAL", "poll(sandbox error pipe)");
+			}
+			if (p[1].revents & POLLIN)
+				handle_notification();
+			else if (p[1].revents)
+				close_fd(&G.notify_fd);  /* no task uses the filter any more */
+			if (!p[0].revents)
+				continue;
+		}
+		n = read(err_rd, buf + len, sizeof buf - 1 - len);
+		if (n == 0)
+			break;
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0)
@@ -2767,7 +2844,7 @@ static void start_sandbox(void)
 		die_errno("EINTERNAL", "pipe2(log)");
 	c.log_rd = p[0], c.log_wr = p[1];
 	c.sock_parent = c.sock_child = -1;
-	if (S.sentinel) {
+	if (S.sentinel && !S.profile) {
 		if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, p) < 0)
 			die_errno("EINTERNAL", "socketpair(listener)");
 		c.sock_parent = p[0], c.sock_child = p[1];
@@ -2795,15 +2872,17 @@ static void start_sandbox(void)
 		die_errno("ESANDBOX", "write(release pipe)");
 	close(c.release_wr);
 
-	if (S.sentinel) {
+	if (S.profile)
+		fetch_listener(c.err_rd);
+	else if (S.sentinel) {
 		/* EOF here means the child failed before its filter: the error pipe says why. */
 		G.notify_fd = recv_fd(c.sock_parent);
 		close(c.sock_parent);
-		if (G.notify_fd >= 0 && fcntl(G.notify_fd, F_SETFL, O_NONBLOCK) < 0)
-			die_errno("EINTERNAL", "fcntl(listener, O_NONBLOCK)");
 	}
+	if (G.notify_fd >= 0 && fcntl(G.notify_fd, F_SETFL, O_NONBLOCK) < 0)
+		die_errno("EINTERNAL", "fcntl(listener, O_NONBLOCK)");
 	wait_for_exec(c.err_rd);
-	if (S.sentinel && G.notify_fd < 0)
+	if (has_notifier() && G.notify_fd < 0)
 		fail("ESANDBOX", "no seccomp listener from the sandbox");
 	/* The server holds the FUSE fd now. If we kept a copy, a dead server would leave a
 	 * hung mount instead of one that answers ENOTCONN. (fuse_handover notify: it is handed
@@ -3014,8 +3093,11 @@ static bool reap_within(int *pidfd, int ms, siginfo_t *out)
  * does the one close of the source, so the FLUSH waits in it, not in us. Our exit only drops
  * our reference to the table.
  */
+static void profile_write(void);
 static noreturn void exit_leaving_source(int status)
 {
+	if (S.profile && G.role == ROLE_LAUNCHER)
+		profile_write();
 	if (S.fd_source >= 0) {
 		int keep[1] = {S.fd_source}, pidfd = -1;
 		if (S.fd_source < 3 || close_fds_except(keep, 1, 0) < 0)
@@ -3414,6 +3496,48 @@ static void handle_mount(const struct seccomp_notif *req)
 	notify_respond(req->id, 0, 0);
 }
 
+/*
+ * seccomp_profile: the set of native syscall numbers the sandbox made (the filter kills a
+ * foreign-arch call, so every number here is native; x32's bit would be past the set).
+ */
+#define PROFILE_NR_MAX 1024
+static unsigned char profile_seen[PROFILE_NR_MAX / 8];
+static unsigned long profile_odd;
+static void profile_note(int nr)
+{
+	if (nr >= 0 && nr < PROFILE_NR_MAX)
+		profile_seen[nr / 8] |= (unsigned char)(1u << (nr % 8));
+	else
+		profile_odd++;
+}
+
+/* One name per line, sorted by number, into S.profile (a new file: never written through). */
+static void profile_write(void)
+{
+	uint32_t arch = seccomp_arch_native();
+	unsigned count = 0;
+	int fd = open(S.profile, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		logmsg("seccomp_profile: open(%s): %s", S.profile, strerror(errno));
+		return;
+	}
+	for (int nr = 0; nr < PROFILE_NR_MAX; nr++) {
+		if (!(profile_seen[nr / 8] & (1u << (nr % 8))))
+			continue;
+		char *name = seccomp_syscall_resolve_num_arch(arch, nr), line[96];
+		int n = name ? snprintf(line, sizeof line, "%s\n", name) : snprintf(line, sizeof line, "#%d\n", nr);
+		free(name);
+		if (!write_all(fd, line, (size_t)n)) {
+			logmsg("seccomp_profile: write(%s): %s", S.profile, strerror(errno));
+			break;
+		}
+		count++;
+	}
+	if (close(fd) < 0)
+		logmsg("seccomp_profile: close(%s): %s", S.profile, strerror(errno));
+	logmsg("seccomp_profile: %u distinct system calls recorded%s", count, profile_odd ? " (and calls out of range)" : "");
+}
+
 static void handle_notification(void)
 {
 	struct seccomp_notif req;
@@ -3426,6 +3550,8 @@ static void handle_notification(void)
 			logmsg("SECCOMP_IOCTL_NOTIF_RECV: %s", strerror(errno));
 		return;
 	}
+	if (S.profile)
+		profile_note(req.data.nr);
 	if (req.data.nr == G.nr_open) {
 		path_arg = req.data.args[0];
 		flags = req.data.args[1];
@@ -3452,7 +3578,7 @@ static void handle_notification(void)
 		hand_fuse(&req, flags);
 		return;
 	}
-	if (!read_remote_string(req.pid, path_arg, path, sizeof path) ||
+	if (!S.sentinel || !read_remote_string(req.pid, path_arg, path, sizeof path) ||
 	    strcmp(path, S.sentinel) != 0) {
 		notify_respond(req.id, 0, SECCOMP_USER_NOTIF_FLAG_CONTINUE);
 		return;
@@ -3965,7 +4091,7 @@ static int instance_main(bool pooled, char **cgroups, size_t ncgroups)
 	seccomp_api_get();
 	if (S.have_seccomp)
 		G.policy = build_policy_filter();
-	if (S.sentinel) {
+	if (has_notifier()) {
 		G.notifier = build_notify_filter();
 		G.nr_open = seccomp_syscall_resolve_name("open");
 		G.nr_openat = seccomp_syscall_resolve_name("openat");
