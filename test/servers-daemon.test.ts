@@ -204,4 +204,56 @@ t('exfat-fuse as shipped (no -d: it forks into the background): rw write, fsck.e
   }
 });
 
+t('a daemonizing server attacks its reaper (pid 1): SIGKILL and SIGSTOP are dropped, its fds and memory unreadable; the start fails cleanly', async () => {
+  // A hostile "server" under the reaper (python3 from the host's /usr): it cannot end, stop or
+  // read pid 1, then fails its start; the reaper passes its status on and nothing is left.
+  const script = [
+    'import os, signal, sys, time',
+    'def probe(k, f):',
+    '    try:',
+    '        print("probe", k, f())',
+    '    except OSError as e:',
+    '        print("probe", k, e.strerror)',
+    '    sys.stdout.flush()',
+    'probe("pid", lambda: os.getpid())',
+    'probe("ppid", lambda: os.getppid())',
+    'probe("fd", lambda: os.readlink("/proc/1/fd/2"))',
+    'probe("mem", lambda: os.open("/proc/1/mem", os.O_RDONLY))',
+    'probe("environ", lambda: open("/proc/1/environ", "rb").read())',
+    'probe("sigkill", lambda: os.kill(1, signal.SIGKILL))',
+    'probe("sigstop", lambda: os.kill(1, signal.SIGSTOP))',
+    'time.sleep(0.3)',
+    'probe("alive-after", lambda: "yes")',
+    'sys.exit(5)',
+  ].join('\n');
+  const d = path.join(dir, 'hostile-server');
+  mkdirSync(d);
+  copyFileSync(path.join(SERVER_DIR, 'fuse2fs.sandbox'), path.join(d, 'fuse2fs.sandbox'));
+  writeFileSync(path.join(d, 'h.json'), JSON.stringify({ ...fuse2fsDef(), name: 'hostile', fstypes: ['hostile'], exec: '/usr/bin/python3', argv: ['python3', '-c', `exec(${JSON.stringify(script)})`], fuseFd: 'devfd', daemonizes: true, options: { always: [], readOnly: [], readWriteNonRoot: [], allowed: [] } }, null, 2));
+  let b: Broker | undefined;
+  try {
+    b = await startBroker({ config: { server_dir: d, pool_size: 0 } });
+    const src = path.join(dir, 'hostile.src');
+    writeFileSync(src, 'x');
+    await execa('chown', ['1000:1000', src]);
+    const mnt = makeDir(path.join(dir, 'hostile-mnt'));
+    const m = await caller.run(clientArgs(b.socket, 'mount', '-t', 'hostile', '-o', 'ro', src, mnt));
+    assert.is(m.exitCode, 2, m.stderr);
+    assert.match(m.stderr, /ESERVER_START/);
+    const where: string = await waitFor('the failed start in the broker log', () => /start failed: .*; whole log: (\S+)/.exec(b!.logs())?.[1] ?? '', 10000);
+    const log = readFileSync(where, 'utf8');
+    const probe = Object.fromEntries([...log.matchAll(/^probe (\S+) (.*)$/gm)].map((x) => [x[1], x[2]]));
+    assert.is(probe.pid, '2', `the server is pid 2 under the reaper:\n${log}`);
+    assert.is(probe.ppid, '1');
+    for (const k of ['fd', 'mem', 'environ']) assert.ok(probe[k] === 'Permission denied' || probe[k] === 'No such file or directory', `${k}: ${probe[k]}`);
+    assert.is(probe.sigkill, 'None', 'kill(1, SIGKILL) returns, and is dropped');
+    assert.is(probe['alive-after'], 'yes', 'the reaper survived SIGKILL and SIGSTOP from inside (or the server would have died with it)');
+    assert.match(m.stderr, /ESERVER_START: .*probe alive-after yes/, 'the first process\'s failure ends the start, with its last lines');
+    assert.equal(caller.fuseMounts(), []);
+    await waitFor('nothing left of the instance', () => instanceProcesses(b!.runtimeDir).length === 0, 10000);
+  } finally {
+    await b?.stop();
+  }
+});
+
 t.run();
