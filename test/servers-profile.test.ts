@@ -7,6 +7,7 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { copyFileSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
 import path from 'node:path';
+import { spawnSync } from 'node:child_process';
 import { execa } from 'execa';
 import { DAEMON, ROOT, clientArgs, instanceProcesses, makeDir, makeImage, newCaller, startBroker, tmpdir, waitFor, type Broker, type Caller } from './lib/harness.js';
 import { makeTree } from './lib/servers.js';
@@ -115,6 +116,17 @@ t('profile fuse2fs over a write workload and over a read workload; the written p
     await broker?.stop();
     await caller?.close();
   }
+});
+
+t('the launcher refuses seccomp_profile beside a policy (a profiled instance is never a policed one by mistake)', () => {
+  const spec = [
+    ['version', '1'], ['id', '7'], ['rundir', dir], ['uid', '61000'], ['gid', '61000'], ['exec', '/usr/bin/true'], ['arg', 'true'],
+    ['seccomp_default', 'allow'], ['seccomp_profile', path.join(dir, 'p.syscalls')],
+  ].map((r) => r.join('\t')).join('\n') + '\n';
+  // the spec on fd 3, as the broker gives it
+  const p = spawnSync('sh', ['-c', `exec "${path.join(ROOT, 'build', 'Release', 'fuse-svc-launcher')}" instance 3<&0 </dev/null`], { input: spec, timeout: 10000, encoding: 'utf8' });
+  assert.is(p.status, 64, `${p.stdout}${p.stderr}`);
+  assert.match(p.stdout + p.stderr, /seccomp_profile records what the server calls: not with a seccomp policy/);
 });
 
 t.run();
