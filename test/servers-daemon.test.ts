@@ -86,6 +86,8 @@ t.before(async () => {
   const argv = (fuse2fsDef().argv as string[]).filter((a) => a !== '-f');
   // fuse2fs without -f forks into the background like any libfuse2 server (fuse_daemonize).
   writeFileSync(path.join(d, 'z-bg.json'), JSON.stringify({ ...fuse2fsDef(), name: 'fuse2fs-bg', fstypes: ['ext4bg'], argv, daemonizes: true }, null, 2));
+  // A helper that outlives the server and holds no FUSE fd (sleep, backgrounded first).
+  writeFileSync(path.join(d, 'z-linger.json'), JSON.stringify({ ...fuse2fsDef(), name: 'fuse2fs-linger', fstypes: ['ext4linger'], exec: '/usr/bin/sh', argv: ['sh', '-c', `sleep 600 </dev/null >/dev/null 2>&1 3>&- & exec ${argv.join(' ')}`], daemonizes: true }, null, 2));
   writeFileSync(path.join(d, 'z-fg.json'), JSON.stringify({ ...fuse2fsDef(), name: 'fuse2fs-nobg', fstypes: ['ext4nobg'], argv }, null, 2));
   broker = await startBroker({ config: { server_dir: d } });
   caller = await newCaller();
@@ -147,6 +149,30 @@ t('fuse2fs without -f (daemonizes): rw write and checksums, unmount ends it (e2f
     const krec = l2.mounts.find((x) => String(x.id) === String(k.id));
     assert.ok(krec && krec.state === 'exited' && krec.exit_signal === 9, JSON.stringify(krec));
     await waitFor('nothing left of any instance', () => instanceProcesses(broker.runtimeDir).length === 0, 10000);
+  } finally {
+    if (caller.fuseMounts().includes(mnt)) await caller.run(clientArgs(broker.socket, 'unmount', mnt));
+  }
+});
+
+t('a helper that lingers after the server: once no process holds the FUSE fd, the launcher ends the instance (detached, nothing left)', async () => {
+  const img = await makeImage(dir, 'linger.img', 32);
+  const mnt = makeDir(path.join(dir, 'linger-mnt'));
+  try {
+    const m = await caller.run(clientArgs(broker.socket, '--json', 'mount', '-t', 'ext4linger', '-o', 'ro', img, mnt));
+    assert.is(m.exitCode, 0, `${m.stderr}\n${broker.logs().slice(-2000)}`);
+    const r = JSON.parse(m.stdout) as { server_pid: number; id: number };
+    assert.is(procStatus(r.server_pid).Name, 'fuse2fs');
+    const reaper = ppid(r.server_pid);
+    const launcher = ppid(reaper);
+    const kids = readFileSync(`/proc/${reaper}/task/${reaper}/children`, 'utf8').trim().split(/\s+/).map(Number);
+    const sleep = kids.find((k) => procStatus(k).Name === 'sleep');
+    assert.ok(sleep, `the lingering helper runs under the reaper: ${kids.join(' ')}`);
+    process.kill(r.server_pid, 'SIGKILL');
+    await waitFor('the mount to be detached', () => !caller.fuseMounts().includes(mnt), 10000);
+    await waitFor('the instance to end, the helper with it', () => ![r.server_pid, reaper, launcher, sleep!].some(alive), 10000);
+    const l = JSON.parse((await caller.run(clientArgs(broker.socket, '--json', 'list'))).stdout) as { mounts: { id: number; state: string; reason: string | null }[] };
+    const rec = l.mounts.find((x) => String(x.id) === String(r.id));
+    assert.ok(rec && rec.state === 'exited' && /no process of the sandbox held the FUSE connection/.test(rec.reason ?? ''), JSON.stringify(rec));
   } finally {
     if (caller.fuseMounts().includes(mnt)) await caller.run(clientArgs(broker.socket, 'unmount', mnt));
   }

@@ -223,6 +223,7 @@ static struct {
 	int nr_open, nr_openat, nr_openat2;  /* native numbers of the notified syscalls */
 	int nr_mount;
 	int fuse_handed;          /* fuse_notify: the FUSE fd's number in the server, once handed */
+	bool fuse_unheld;         /* reaper: the instance ended because no process held the FUSE fd */
 	scmp_filter_ctx policy, notifier;
 	int64_t ready_deadline, term_deadline, kill_deadline; /* CLOCK_MONOTONIC ms, 0 = none */
 	size_t log_written, log_dropped;
@@ -3766,6 +3767,8 @@ static void on_server_exit(void)
 		close_fd(&G.mntfd);
 		if (G.ns_gone)
 			snprintf(G.reason, sizeof G.reason, "the caller's mount namespace ended; %s", what);
+		else if (G.fuse_unheld)
+			snprintf(G.reason, sizeof G.reason, "no process of the sandbox held the FUSE connection; the rest was killed");
 		else
 			snprintf(G.reason, sizeof G.reason, "%s", what);
 		finish(EXIT_ENDED);
@@ -3779,6 +3782,9 @@ static void on_server_exit(void)
 		break;
 	}
 }
+
+#define HOLDER_CHECK_MS 1000
+static int64_t holder_check;   /* reaper, running: when to look for the FUSE fd's holder next */
 
 /* Whether process pid holds a descriptor of /dev/fuse (in the sandbox that is only ours). */
 static bool holds_devfuse(pid_t pid)
@@ -3910,6 +3916,7 @@ static void on_checker_done(void)
 		G.serving_pid = find_serving_pid();
 		if (!G.serving_pid)
 			logmsg("reaper: no process of the sandbox holds the FUSE fd at ready");
+		holder_check = now_ms() + HOLDER_CHECK_MS;
 	}
 	pid_t named = G.serving_pid ? G.serving_pid : G.server_pid;
 	set_phase(PHASE_RUNNING);
@@ -3964,6 +3971,17 @@ static void on_signals(void)
 static void on_timeouts(void)
 {
 	int64_t now = now_ms();
+	/* reaper: a FUSE descriptor cannot be reopened, so once no process of the sandbox holds
+	 * one the connection is aborted for good: the instance is over even if a helper lingers */
+	if (holder_check && now >= holder_check) {
+		holder_check = G.phase == PHASE_RUNNING ? now + HOLDER_CHECK_MS : 0;
+		if (holder_check && G.server_pidfd >= 0 && !find_serving_pid()) {
+			holder_check = 0;
+			G.fuse_unheld = true;
+			logmsg("reaper: no process of the sandbox holds the FUSE connection any more: ending the instance (SIGKILL to the rest)");
+			pidfd_send_signal(G.server_pidfd, SIGKILL, NULL, 0);
+		}
+	}
 	if (G.ready_deadline && now >= G.ready_deadline)
 		fail("ETIMEDOUT_SERVER", "the server did not answer FUSE_INIT within %lld ms",
 		     S.ready_timeout_ms);
@@ -3993,8 +4011,8 @@ static void on_timeouts(void)
 static int poll_timeout(void)
 {
 	int64_t next = 0, now = now_ms();
-	int64_t d[] = {G.ready_deadline, G.term_deadline, G.kill_deadline, abandon_deadline};
-	for (size_t i = 0; i < 4; i++)
+	int64_t d[] = {G.ready_deadline, G.term_deadline, G.kill_deadline, abandon_deadline, holder_check};
+	for (size_t i = 0; i < sizeof d / sizeof d[0]; i++)
 		if (d[i] && (!next || d[i] < next))
 			next = d[i];
 	if (!next)
