@@ -96,6 +96,13 @@ export function profiledSandbox(original: string, kept: string[], beyond: string
   return out.join('\n');
 }
 
+/**
+ * What the reaper (launcher.c run_reaper: pid 1 of a daemonizing server's sandbox, under the
+ * same policy) may call: the signal forwarding of a stop (kill) need not happen during the
+ * profiled run, so these are always in a daemonizing server's profile.
+ */
+export const REAPER_CALLS = ['clone', 'close', 'close_range', 'exit_group', 'kill', 'rt_sigprocmask', 'rt_sigtimedwait', 'wait4', 'write'];
+
 export type BrokerHandle = { socket: string; close(): Promise<void> };
 
 /**
@@ -144,7 +151,7 @@ export async function profileServer(base: Config, r: ProfileRequest, start: (cfg
     while (!existsSync(file) && Date.now() < end) await new Promise((res) => setTimeout(res, 50));
     if (!existsSync(file)) throw new ConfigError('profile: the instance did not end within 30 s after the unmount (no record of its calls)');
     await new Promise((res) => setTimeout(res, 100));
-    const recorded = readFileSync(file, 'utf8').split('\n').filter(Boolean);
+    const recorded = [...new Set([...readFileSync(file, 'utf8').split('\n').filter(Boolean), ...(r.def.daemonizes ? REAPER_CALLS : [])])].sort();
     const allowed = allowedNames(path.join(cfg.policyDir, `${r.def.seccompPolicy}.json`));
     const own = ownErrnos(path.join(cfg.policyDir, `${r.def.seccompPolicy}.json`));
     const kept = recorded.filter((n) => allowed.has(n));

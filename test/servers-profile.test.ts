@@ -118,6 +118,52 @@ t('profile fuse2fs over a write workload and over a read workload; the written p
   }
 });
 
+t('a daemonizing server (exfat-fuse, the /dev/fuse hand-over) profiled: its policy holds the reaper\'s calls and mount(2), and serves the workload', async () => {
+  const img = path.join(dir, 'exfat.img');
+  await execa('truncate', ['-s', '64M', img]);
+  await execa('mkfs.exfat', [img], { timeout: 30000 });
+  await execa('chown', ['1000:1000', img]);
+  await execa('chmod', ['600', img]);
+  const p = await execa(process.execPath, [DAEMON, 'profile', '-t', 'exfat', '--source', img, '--uid', '1000', '--workload', WRITE.replaceAll('$TREE', tree), '--out', out, '--name', 'exfat-write'], { reject: false, timeout: 180000 });
+  assert.is(p.exitCode, 0, `${p.stdout}\n${p.stderr}`);
+  const a = allowed(path.join(out, 'exfat-write.json'));
+  for (const n of ['mount', 'kill', 'wait4', 'rt_sigtimedwait', 'setsid']) assert.ok(a.has(n), `${n} in the profile`);
+  const sd = path.join(dir, 'server-exfat');
+  const pd = path.join(dir, 'policies-exfat');
+  mkdirSync(sd);
+  mkdirSync(pd);
+  copyFileSync(path.join(out, 'exfat-write.sandbox'), path.join(sd, 'exfat-write.sandbox'));
+  copyFileSync(path.join(out, 'exfat-write.json'), path.join(pd, 'exfat-write.json'));
+  const def = JSON.parse(readFileSync(path.join(SERVER_DIR, 'exfat-fuse.json'), 'utf8')) as Record<string, unknown>;
+  writeFileSync(path.join(sd, 'exfat.json'), JSON.stringify({ ...def, seccompPolicy: 'exfat-write', sandbox: 'exfat-write.sandbox' }, null, 2));
+  let broker: Broker | undefined;
+  let caller: Caller | undefined;
+  const mnt = makeDir(path.join(dir, 'mnt-exfat'));
+  try {
+    broker = await startBroker({ config: { server_dir: sd, policy_dir: pd } });
+    assert.not.match(broker.logs(), /definition refused/, broker.logs());
+    caller = await newCaller();
+    const img2 = path.join(dir, 'exfat2.img');
+    await execa('truncate', ['-s', '64M', img2]);
+    await execa('mkfs.exfat', [img2], { timeout: 30000 });
+    await execa('chown', ['1000:1000', img2]);
+    const m = await caller.run(clientArgs(broker.socket, 'mount', '-t', 'exfat', img2, mnt));
+    assert.is(m.exitCode, 0, `${m.stderr}\n${broker.logs().slice(-1500)}`);
+    const w = await caller.run(['env', `MNT=${mnt}`, 'sh', '-c', WRITE.replaceAll('$TREE', tree)]);
+    assert.is(w.exitCode, 0, w.stderr);
+    const want = (await execa('sh', ['-c', `cd "${tree}" && find . -type f | LC_ALL=C sort | xargs -d '\\n' sha256sum`])).stdout;
+    assert.is(w.stdout.trim(), want.trim());
+    assert.is((await caller.run(clientArgs(broker.socket, 'unmount', mnt))).exitCode, 0);
+    await waitFor('the instance to end', () => instanceProcesses(broker!.runtimeDir).length === 0, 10000);
+    const fsck = await execa('fsck.exfat', ['-n', img2], { reject: false });
+    assert.is(fsck.exitCode, 0, `${fsck.stdout}${fsck.stderr}`);
+  } finally {
+    if (caller?.fuseMounts().includes(mnt)) await caller.run(clientArgs(broker!.socket, 'unmount', mnt));
+    await broker?.stop();
+    await caller?.close();
+  }
+});
+
 t('the launcher refuses seccomp_profile beside a policy (a profiled instance is never a policed one by mistake)', () => {
   const spec = [
     ['version', '1'], ['id', '7'], ['rundir', dir], ['uid', '61000'], ['gid', '61000'], ['exec', '/usr/bin/true'], ['arg', 'true'],
