@@ -230,7 +230,7 @@ async function run(a: RunArgs): Promise<void> {
   process.on('SIGHUP', () => log.info('SIGHUP ignored (restart the broker to reload; mounts survive)'));
 }
 
-type ProfileArgs = { type: string; source: string; workload: string; options?: string; uid: number; out: string; name?: string; timeout: number; config?: string };
+type ProfileArgs = { type: string; source: string; via?: string; workload: string; options?: string; uid: number; out: string; name?: string; timeout: number; config?: string };
 
 /**
  * `profile`: the definition serving TYPE runs under a private broker (the same set-up as `run`,
@@ -254,7 +254,9 @@ async function profile(a: ProfileArgs): Promise<void> {
   const r = await profileServer(base, {
     def,
     fstype: a.type,
-    source: path.resolve(a.source),
+    // a transport's SOURCE names the remote side (PATH, :PATH or HOST:PATH), not a local file
+    source: a.via !== undefined || def.source === 'transport' ? a.source : path.resolve(a.source),
+    via: a.via,
     workload: a.workload,
     options: a.options ?? '',
     uid: a.uid,
@@ -372,7 +374,8 @@ async function main(): Promise<void> {
               'workload or the unmount failed (nothing written).',
           )
           .option('type', { alias: 't', type: 'string', demandOption: true, describe: 'the filesystem type whose definition is profiled' })
-          .option('source', { type: 'string', demandOption: true, describe: 'an image the server can mount, readable by --uid' })
+          .option('source', { type: 'string', demandOption: true, describe: 'an image the server can mount, readable by --uid; with --via the remote SOURCE (PATH, :PATH or HOST:PATH)' })
+          .option('via', { type: 'string', describe: 'for a transport server (sshfs): the COMMAND that serves its protocol, run by the client as --uid, as fuse-svc-request mount --via' })
           .option('workload', { type: 'string', demandOption: true, describe: 'shell command run against $MNT as --uid (e.g. "cp -r /usr/share/doc $MNT/ && sha256sum $MNT/*")' })
           .option('options', { alias: 'o', type: 'string', describe: 'mount options, as for fuse-svc-request mount -o' })
           .option('uid', { type: 'number', default: 0, describe: 'the caller: mount and workload run as this uid (and gid); a non-root caller may change the server\'s options (fuse2fs: fakeroot)' })

@@ -5,8 +5,9 @@
 // The author's workload runs against the mount; after the unmount the recorded calls become
 // the definition's `.sandbox` with an allow-list, and the policy is generated from that file
 // exactly as gen-policies generates the shipped ones.
-import { chmodSync, chownSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { chmodSync, chownSync, closeSync, openSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import os from 'node:os';
+import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { execa } from 'execa';
 import type { Config } from './config.js';
@@ -19,6 +20,8 @@ export type ProfileRequest = {
   def: ServerDef;
   fstype: string;
   source: string;
+  /** A transport server's `--via COMMAND` (sshfs): run by the client as `uid`; source is then PATH or HOST:PATH. */
+  via?: string;
   /** Run by /bin/sh -c, as `uid`, with MNT set to the mount point. */
   workload: string;
   options: string;
@@ -103,6 +106,26 @@ export function profiledSandbox(original: string, kept: string[], beyond: string
  */
 export const REAPER_CALLS = ['clone', 'close', 'close_range', 'exit_group', 'kill', 'rt_sigprocmask', 'rt_sigtimedwait', 'wait4', 'write'];
 
+/** The child's exit code; null (and SIGKILL) when it takes longer than ms. */
+function exitOf(child: ChildProcess, ms: number): Promise<number | null> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      resolve(null);
+    }, ms);
+    child.once('error', () => (clearTimeout(timer), resolve(null)));
+    child.once('exit', (c) => (clearTimeout(timer), resolve(c)));
+  });
+}
+
+/**
+ * What libc calls instead when a call fails ENOSYS: with no policy the profiled server's clone3
+ * succeeds, so its threads' clone never shows; under a policy that answers clone3 ENOSYS
+ * (RestrictNamespaces=) glibc falls back to clone, which must then be allowed.
+ */
+export const ENOSYS_FALLBACK: Readonly<Record<string, string[]>> = { clone3: ['clone'], openat2: ['openat'] };
+const ENOSYS = 38;
+
 export type BrokerHandle = { socket: string; close(): Promise<void> };
 
 /**
@@ -136,10 +159,22 @@ export async function profileServer(base: Config, r: ProfileRequest, start: (cfg
   try {
     broker = await start(cfg);
     const opts = r.options ? ['-o', r.options] : [];
-    const m = await execa(client, ['--socket', cfg.socket, '--json', 'mount', '-t', r.fstype, ...opts, r.source, mnt], as);
-    if (m.exitCode !== 0) throw new Error(`profile: the mount failed: ${(m.stderr || m.stdout).trim()}`);
+    const via = r.via !== undefined ? ['--via', r.via] : [];
+    // Into files as plain descriptors, not pipes: a --via COMMAND outlives the client and keeps
+    // its stderr, so a pipe (execa's file output too) would never see its end.
+    const [mout, merr] = [path.join(work, 'mount.out'), path.join(work, 'mount.err')];
+    const [fo, fe] = [openSync(mout, 'w', 0o600), openSync(merr, 'w', 0o600)];
+    let code: number | null;
+    try {
+      code = await exitOf(spawn(client, ['--socket', cfg.socket, '--json', 'mount', '-t', r.fstype, ...opts, ...via, r.source, mnt], { uid: r.uid, gid: r.gid, stdio: ['ignore', fo, fe] }), r.timeoutMs);
+    } finally {
+      closeSync(fo);
+      closeSync(fe);
+    }
+    const [mo, me] = [readFileSync(mout, 'utf8'), readFileSync(merr, 'utf8')];
+    if (code !== 0) throw new Error(`profile: the mount failed${code === null ? ' (timed out)' : ''}: ${(me || mo).trim()}`);
     mounted = true;
-    const id = (JSON.parse(m.stdout) as { id: number }).id;
+    const id = (JSON.parse(mo) as { id: number }).id;
     const w = await execa('/bin/sh', ['-c', r.workload], { ...as, cwd: '/', env: { MNT: mnt, PATH: '/usr/bin:/bin' }, extendEnv: false });
     if (w.exitCode !== 0) throw new Error(`profile: the workload failed (exit ${w.exitCode}${w.timedOut ? ', timed out' : ''}): ${(w.stderr || w.stdout).trim().split('\n').slice(-3).join(' | ')}`);
     const u = await execa(client, ['--socket', cfg.socket, 'unmount', mnt], as);
@@ -154,8 +189,9 @@ export async function profileServer(base: Config, r: ProfileRequest, start: (cfg
     const recorded = [...new Set([...readFileSync(file, 'utf8').split('\n').filter(Boolean), ...(r.def.daemonizes ? REAPER_CALLS : [])])].sort();
     const allowed = allowedNames(path.join(cfg.policyDir, `${r.def.seccompPolicy}.json`));
     const own = ownErrnos(path.join(cfg.policyDir, `${r.def.seccompPolicy}.json`));
-    const kept = recorded.filter((n) => allowed.has(n));
     const answered = new Map(recorded.filter((n) => !allowed.has(n) && own.has(n)).map((n) => [n, own.get(n)!] as const));
+    const fallbacks = [...answered].flatMap(([n, e]) => (e === ENOSYS ? ENOSYS_FALLBACK[n] ?? [] : []));
+    const kept = [...new Set([...recorded, ...fallbacks])].filter((n) => allowed.has(n)).sort();
     const beyond = recorded.filter((n) => !allowed.has(n) && !own.has(n));
     mkdirSync(r.outDir, { recursive: true });
     const sandboxFile = path.join(r.outDir, `${r.name}.sandbox`);

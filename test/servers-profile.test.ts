@@ -164,6 +164,52 @@ t('a daemonizing server (exfat-fuse, the /dev/fuse hand-over) profiled: its poli
   }
 });
 
+t('a transport server (sshfs --via a local sftp-server) profiled: a narrower policy that serves the same reads and writes', async () => {
+  const remote = path.join(dir, 'remote');
+  mkdirSync(remote);
+  await execa('cp', ['-r', `${tree}/.`, remote]);
+  await execa('chown', ['-R', '1000:1000', remote]);
+  // its stderr away from the client's: the COMMAND outlives the client, whose pipes would stay open
+  const via = `exec /usr/lib/openssh/sftp-server -d ${remote} 2>/dev/null`;
+  const work = 'cat "$MNT"/sub/*.txt >/dev/null && echo written > "$MNT/new.txt" && cat "$MNT/new.txt"';
+  const p = await execa(process.execPath, [DAEMON, 'profile', '-t', 'sshfs', '--via', via, '--source', `:${remote}`, '--uid', '1000', '--workload', work, '--out', out, '--name', 'sshfs-rw'], { reject: false, timeout: 180000 });
+  assert.is(p.exitCode, 0, `${p.stdout}\n${p.stderr}`);
+  assert.is(readFileSync(path.join(remote, 'new.txt'), 'utf8'), 'written\n', 'the profiled write landed on the remote side');
+  rmSync(path.join(remote, 'new.txt'));
+  const a = allowed(path.join(out, 'sshfs-rw.json'));
+  const base = allowed(path.join(POLICY_DIR, 'sshfs.json'));
+  for (const n of a) assert.ok(base.has(n), `${n}: within sshfs's policy`);
+  for (const n of ['socket', 'connect', 'sendmsg', 'recvmsg']) assert.not.ok(a.has(n), `${n} stays out`);
+  const sd = path.join(dir, 'server-sshfs');
+  const pd = path.join(dir, 'policies-sshfs');
+  mkdirSync(sd);
+  mkdirSync(pd);
+  copyFileSync(path.join(out, 'sshfs-rw.sandbox'), path.join(sd, 'sshfs-rw.sandbox'));
+  copyFileSync(path.join(out, 'sshfs-rw.json'), path.join(pd, 'sshfs-rw.json'));
+  const def = JSON.parse(readFileSync(path.join(SERVER_DIR, 'sshfs.json'), 'utf8')) as Record<string, unknown>;
+  writeFileSync(path.join(sd, 'sshfs.json'), JSON.stringify({ ...def, seccompPolicy: 'sshfs-rw', sandbox: 'sshfs-rw.sandbox' }, null, 2));
+  let broker: Broker | undefined;
+  let caller: Caller | undefined;
+  const mnt = makeDir(path.join(dir, 'mnt-sshfs'));
+  try {
+    broker = await startBroker({ config: { server_dir: sd, policy_dir: pd } });
+    assert.not.match(broker.logs(), /definition refused/, broker.logs());
+    caller = await newCaller();
+    const m = await caller.run(clientArgs(broker.socket, 'mount', '-t', 'sshfs', '--via', via, `:${remote}`, mnt));
+    assert.is(m.exitCode, 0, `${m.stderr}\n${broker.logs().slice(-1500)}`);
+    const w = await caller.run(['env', `MNT=${mnt}`, 'sh', '-c', work]);
+    assert.is(w.exitCode, 0, w.stderr);
+    assert.is(w.stdout, 'written');
+    assert.is((await caller.run(clientArgs(broker.socket, 'unmount', mnt))).exitCode, 0);
+    await waitFor('the instance to end', () => instanceProcesses(broker!.runtimeDir).length === 0, 10000);
+    assert.is(readFileSync(path.join(remote, 'new.txt'), 'utf8'), 'written\n');
+  } finally {
+    if (caller?.fuseMounts().includes(mnt)) await caller.run(clientArgs(broker!.socket, 'unmount', mnt));
+    await broker?.stop();
+    await caller?.close();
+  }
+});
+
 t('the launcher refuses seccomp_profile beside a policy (a profiled instance is never a policed one by mistake)', () => {
   const spec = [
     ['version', '1'], ['id', '7'], ['rundir', dir], ['uid', '61000'], ['gid', '61000'], ['exec', '/usr/bin/true'], ['arg', 'true'],
