@@ -354,7 +354,8 @@ async function main(): Promise<void> {
       (y) =>
         y
           .usage(
-            'fuse-svcd profile -t TYPE --source IMAGE --workload COMMAND --out DIR [options]\n\n' +
+            'fuse-svcd profile -t TYPE --source IMAGE --workload COMMAND --out DIR [options]\n' +
+              'fuse-svcd profile -t TYPE --via COMMAND --source [HOST:]PATH --workload COMMAND --out DIR [options]\n\n' +
               'For server authors: finds the system calls a filesystem server makes, so its seccomp\n' +
               'policy allows those and nothing else. A private broker (its own state directory and\n' +
               "socket, made fresh and removed after) serves TYPE with the definition that claims it;\n" +
@@ -362,7 +363,9 @@ async function main(): Promise<void> {
               'namespaces and root) but with no seccomp policy: the launcher\'s seccomp notifier stops\n' +
               'every call of the sandbox, records its number and lets it through. IMAGE is mounted on a\n' +
               'fresh mount point as --uid, COMMAND runs as --uid by /bin/sh -c with $MNT naming the\n' +
-              'mount point, then the mount is unmounted and the instance ends.\n\n' +
+              'mount point, then the mount is unmounted and the instance ends. A transport server\n' +
+              '(sshfs) takes --via COMMAND, run by the client as --uid, and the remote SOURCE, as\n' +
+              'fuse-svc-request mount --via does; COMMAND outlives the client: send its stderr away.\n\n' +
               "Written to DIR: NAME.sandbox, the definition's .sandbox with its SystemCallFilter= lines\n" +
               'replaced by an allow-list of the calls recorded that its current policy allows (the\n' +
               'others are named in a comment and on stdout: add them by name if the server needs\n' +
