@@ -476,6 +476,7 @@ export class Broker {
           uid,
           server,
           policyDir: this.cfg.policyDir,
+          profile: this.cfg.profileDir ? path.join(this.cfg.profileDir, `${id}.syscalls`) : undefined,
           standin: this.standin,
           callerUid: caller.uid,
           callerGid: caller.gid,

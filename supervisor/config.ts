@@ -34,6 +34,11 @@ export type Config = {
   publishClient: boolean;
   /** Launchers started ahead of requests (0: spawn one per request). */
   poolSize: number;
+  /**
+   * `fuse-svcd profile` only (never read from a configuration file): every instance runs with
+   * no seccomp policy, its calls recorded by the launcher's notifier into DIR/ID.syscalls.
+   */
+  profileDir?: string;
   /** Open connections one uid may hold, and all uids together. */
   maxConnectionsPerUser: number;
   maxConnections: number;

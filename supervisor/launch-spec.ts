@@ -77,6 +77,11 @@ export type MountInstance = {
    * protocol, supervisor/upstream.ts): the launcher gets that /dev/fuse, not a target.
    */
   given?: boolean;
+  /**
+   * `fuse-svcd profile`: no policy; the launcher records every call of the sandbox and writes
+   * their names to this file when the instance ends (seccomp_profile).
+   */
+  profile?: string;
 };
 
 /** The spec of one brokered mount: mount + sandbox + server. */
@@ -118,13 +123,14 @@ export function mountSpec(m: MountInstance): SpecRecord[] {
   // No image, no sentinel: a transport server runs without a seccomp notifier at all.
   if (image) recs.push(['source_sentinel', SOURCE_SENTINEL]);
   if (s.fuseFd === 'notify') recs.push(['fuse_handover', 'notify']);
+  if (s.daemonizes) recs.push(['reaper', 1]);
   recs.push(...sandboxRoot(s, m.standin, m.cgroup));
   if (m.cgroupJoined) recs.push(['cgroup_joined', 1]);
   recs.push(['root_dir', SERVER_MOUNTPOINT]);
   if (image) recs.push(m.sourceSize ? ['root_file', SOURCE_SENTINEL, m.sourceSize] : ['root_file', SOURCE_SENTINEL]);
   recs.push(['env', 'PATH=/usr/bin:/bin'], ['env', `FUSE_SVC_FUSE_FD=${SERVER_FUSE_FD}`], ['cwd', '/']);
   recs.push(['exec', s.exec], ...s.argv.map((a) => ['arg', subst(a)]));
-  recs.push(...seccompRecords(m.policyDir, s.seccompPolicy));
+  recs.push(...(m.profile ? [['seccomp_profile', m.profile] as SpecRecord] : seccompRecords(m.policyDir, s.seccompPolicy)));
   recs.push(['stop_timeout_ms', s.stopTimeoutMs], ['ready_timeout_ms', s.readyTimeoutMs]);
   return recs;
 }

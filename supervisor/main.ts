@@ -24,6 +24,7 @@ import { runSecurity } from './units/security.js';
 import { UpstreamSockets } from './upstream.js';
 import { acquireBrokerLock, brokerLockHolders, checkSecureDir, checkSeparated, EXIT_BROKER_RUNNING, EXIT_INSECURE_DIR, InsecurePathError, pidFileText } from './rundir.js';
 import { openDirNoFollow, openSubdir, readFileNoFollow, UnsafePathError, writeFileNoFollow } from './safefile.js';
+import { profileServer, type BrokerHandle } from './profile.js';
 
 const DEFAULT_CONFIG_FILE = '/etc/fuse-svc/config.json';
 
@@ -229,6 +230,50 @@ async function run(a: RunArgs): Promise<void> {
   process.on('SIGHUP', () => log.info('SIGHUP ignored (restart the broker to reload; mounts survive)'));
 }
 
+type ProfileArgs = { type: string; source: string; via?: string; workload: string; options?: string; uid: number; out: string; name?: string; timeout: number; config?: string };
+
+/**
+ * `profile`: the definition serving TYPE runs under a private broker (the same set-up as `run`,
+ * in a fresh root-only directory) with no policy, its calls recorded; see supervisor/profile.ts.
+ */
+async function profile(a: ProfileArgs): Promise<void> {
+  const base = buildConfig({ config: a.config });
+  const servers = loadDefinitions({ ...base, fstypes: [] });
+  const def = servers.get(a.type);
+  if (!def) throw new ConfigError(`profile: no valid server definition in ${base.serverDir} serves type ${a.type} (fuse-svcd check names the refused ones)`);
+  const start = async (cfg: Config): Promise<BrokerHandle> => {
+    secureDirsOrExit(cfg, true);
+    if (orExitInsecure(() => acquireBrokerLock(cfg.runtimeDir)) === undefined) throw new Error('profile: the private broker\'s lock is taken');
+    const broker = orExitInsecure(() => new Broker(cfg, new Map([[a.type, def]])));
+    chmodSync(cfg.runtimeDir, 0o711);
+    await orExitInsecure(() => ensureVisibleProc(cfg));
+    log.warn(`profile: instances of ${def.name} run with no seccomp policy, every call recorded (private broker, ${cfg.socket})`);
+    broker.start();
+    return { socket: cfg.socket, close: () => broker.close() };
+  };
+  const r = await profileServer(base, {
+    def,
+    fstype: a.type,
+    // a transport's SOURCE names the remote side (PATH, :PATH or HOST:PATH), not a local file
+    source: a.via !== undefined || def.source === 'transport' ? a.source : path.resolve(a.source),
+    via: a.via,
+    workload: a.workload,
+    options: a.options ?? '',
+    uid: a.uid,
+    gid: a.uid,
+    outDir: path.resolve(a.out),
+    name: a.name ?? `${def.name}-profiled`,
+    timeoutMs: a.timeout,
+  }, start);
+  process.stdout.write(
+    `recorded ${r.recorded.length} system calls; ${r.kept.length} in the allow-list\n` +
+      (r.answered.length ? `answered with the current policy's own errno, kept so: ${r.answered.join(' ')}\n` : '') +
+      (r.beyond.length ? `refused by the current policy ${def.seccompPolicy}, left out: ${r.beyond.join(' ')}\n` : '') +
+      `wrote ${r.sandboxFile}\nwrote ${r.policyFile}\n` +
+      `use: put ${path.basename(r.sandboxFile)} next to the definition and ${path.basename(r.policyFile)} in the policy directory, then set "sandbox": "${path.basename(r.sandboxFile)}" and "seccompPolicy": "${path.basename(r.policyFile, '.json')}"\n`,
+  );
+}
+
 async function stop(a: RunArgs & { timeout: number }): Promise<void> {
   const cfg = buildConfig(a);
   secureDirsOrExit(cfg, false, false);
@@ -302,6 +347,46 @@ async function main(): Promise<void> {
           throw e instanceof UnitError ? new ConfigError(e.message) : e;
         }
       },
+    )
+    .command(
+      'profile',
+      'run a server in its sandbox over a workload, record its system calls, and write its policy and .sandbox',
+      (y) =>
+        y
+          .usage(
+            'fuse-svcd profile -t TYPE --source IMAGE --workload COMMAND --out DIR [options]\n' +
+              'fuse-svcd profile -t TYPE --via COMMAND --source [HOST:]PATH --workload COMMAND --out DIR [options]\n\n' +
+              'For server authors: finds the system calls a filesystem server makes, so its seccomp\n' +
+              'policy allows those and nothing else. A private broker (its own state directory and\n' +
+              "socket, made fresh and removed after) serves TYPE with the definition that claims it;\n" +
+              'the server runs in its usual sandbox (dynamic uid, no capability, NoNewPrivs, its own\n' +
+              'namespaces and root) but with no seccomp policy: the launcher\'s seccomp notifier stops\n' +
+              'every call of the sandbox, records its number and lets it through. IMAGE is mounted on a\n' +
+              'fresh mount point as --uid, COMMAND runs as --uid by /bin/sh -c with $MNT naming the\n' +
+              'mount point, then the mount is unmounted and the instance ends. A transport server\n' +
+              '(sshfs) takes --via COMMAND, run by the client as --uid, and the remote SOURCE, as\n' +
+              'fuse-svc-request mount --via does; COMMAND outlives the client: send its stderr away.\n\n' +
+              "Written to DIR: NAME.sandbox, the definition's .sandbox with its SystemCallFilter= lines\n" +
+              'replaced by an allow-list of the calls recorded that its current policy allows (the\n' +
+              'others are named in a comment and on stdout: add them by name if the server needs\n' +
+              'them), and NAME.json, the OCI seccomp policy generated from that file the way the\n' +
+              'shipped policies are. Every other directive (address families, W^X, the errno) stays.\n' +
+              'A workload that misses a code path leaves its calls out: the server then gets EL3RST\n' +
+              '(errno 47, "Level 3 reset") there; profile again with that path in the workload.\n\n' +
+              'Exit status: 0 written; 64 a bad argument or no definition for TYPE; 1 the mount, the\n' +
+              'workload or the unmount failed (nothing written).',
+          )
+          .option('type', { alias: 't', type: 'string', demandOption: true, describe: 'the filesystem type whose definition is profiled' })
+          .option('source', { type: 'string', demandOption: true, describe: 'an image the server can mount, readable by --uid; with --via the remote SOURCE (PATH, :PATH or HOST:PATH)' })
+          .option('via', { type: 'string', describe: 'for a transport server (sshfs): the COMMAND that serves its protocol, run by the client as --uid, as fuse-svc-request mount --via' })
+          .option('workload', { type: 'string', demandOption: true, describe: 'shell command run against $MNT as --uid (e.g. "cp -r /usr/share/doc $MNT/ && sha256sum $MNT/*")' })
+          .option('options', { alias: 'o', type: 'string', describe: 'mount options, as for fuse-svc-request mount -o' })
+          .option('uid', { type: 'number', default: 0, describe: 'the caller: mount and workload run as this uid (and gid); a non-root caller may change the server\'s options (fuse2fs: fakeroot)' })
+          .option('out', { type: 'string', demandOption: true, describe: 'directory for NAME.sandbox and NAME.json' })
+          .option('name', { type: 'string', describe: 'NAME (default: DEFINITION-profiled)' })
+          .option('timeout', { type: 'number', default: 300000, describe: 'ms each of mount, workload and unmount may take' })
+          .option('config', runOptions.config),
+      (a) => profile(a as unknown as ProfileArgs),
     )
     .command(
       'check',

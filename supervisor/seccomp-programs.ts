@@ -39,7 +39,9 @@ export function withPrecompiledSeccomp(launcher: string, spec: SpecRecord[]): Sp
     if (r[0] === 'source_sentinel') sentinel = r;
     if (r[0] === 'fuse_handover' && r[1] === 'notify') notifyMount = true;
   }
-  if (!rules.length && !sentinel) return spec;
+  // A profile run (seccomp_profile) has no policy and a notify-everything filter the launcher
+  // builds itself; nothing precompiled applies to it.
+  if ((!rules.length && !sentinel) || spec.some((r) => r[0] === 'seccomp_profile')) return spec;
   const variant = `${launcher}\0${sentinel ? 1 : 0}${notifyMount ? 1 : 0}`;
   const programs = rules.length ? lookup(rules, variant) : undefined;
   if (programs) return rest.concat(programs);

@@ -27,6 +27,12 @@ export type ServerDef = {
   /** An /etc/passwd and /etc/group entry `fuse-svc` for the sandbox uid (servers that getpwuid()). */
   passwd: boolean;
   /**
+   * The server forks into the background (no foreground flag, or one with side effects, as
+   * exfat-fuse's -d): pid 1 of its sandbox is the launcher's reaper, the server pid 2, and the
+   * instance lives while a process of the sandbox does, not until the first one exits 0.
+   */
+  daemonizes: boolean;
+  /**
    * What the server serves: `seccomp-notify`, an image the caller sent, handed at the open of
    * a sentinel path; or `transport`, no image at all: a connected stream socket the caller
    * serves (`--via COMMAND`), which is the server's stdin and stdout (sshfs -o passive: SFTP).
@@ -58,7 +64,7 @@ export class ServerDefError extends Error {
   }
 }
 
-const KEYS = ['name', 'description', 'fstypes', 'exec', 'argv', 'fuseFd', 'source', 'seccompPolicy', 'readOnly', 'passwd', 'sandbox', 'options', 'paths', 'rlimits', 'cgroup', 'tmpSize', 'readyTimeoutMs', 'stopTimeoutMs'];
+const KEYS = ['name', 'description', 'fstypes', 'exec', 'argv', 'fuseFd', 'source', 'seccompPolicy', 'readOnly', 'passwd', 'daemonizes', 'sandbox', 'options', 'paths', 'rlimits', 'cgroup', 'tmpSize', 'readyTimeoutMs', 'stopTimeoutMs'];
 
 /** Loads every *.json in dir; a type claimed twice is an error. */
 export function loadServers(dir: string): Map<string, ServerDef> {
@@ -182,6 +188,7 @@ export function parseServerDef(file: string, text: string): ServerDef {
     source: o.source as ServerDef['source'],
     seccompPolicy: specSafe(o.seccompPolicy, 'seccompPolicy'),
     passwd: o.passwd === undefined ? false : typeof o.passwd === 'boolean' ? o.passwd : fail('passwd', 'expected true or false'),
+    daemonizes: o.daemonizes === undefined ? false : typeof o.daemonizes === 'boolean' ? o.daemonizes : fail('daemonizes', 'expected true or false'),
     readOnly: o.readOnly === undefined ? false : typeof o.readOnly === 'boolean' ? o.readOnly : fail('readOnly', 'expected true or false'),
     sandbox: o.sandbox === undefined ? undefined : specSafe(o.sandbox, 'sandbox'),
     options: { always: optList('always'), readOnly: optList('readOnly'), readWrite: optList('readWrite'), readWriteNonRoot: optList('readWriteNonRoot'), allowed: optList('allowed') },

@@ -18,6 +18,7 @@
  *        "attacher" and "detacher" (attach/detach the mount in the caller's namespace)
  */
 #include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -179,6 +180,10 @@ struct spec {
 	long long stop_timeout_ms, ready_timeout_ms;
 	bool listen_env;
 	bool cgroup_joined;     /* pooled: the launcher itself joined S.cgroups before the request */
+	bool reaper;            /* the server forks into the background: pid 1 of its pid namespace
+	                         * is a reaper (run_reaper), the server pid 2 */
+	const char *profile;    /* seccomp_profile: no policy; every syscall of the sandbox is
+	                         * recorded by the notifier and let through; names written here */
 };
 
 static struct spec S = {
@@ -218,6 +223,7 @@ static struct {
 	bool ns_gone;             /* the caller's mount namespace has ended (handle ESTALE) */
 	pid_t server_pid;
 	int server_pidfd;
+	pid_t serving_pid;        /* reaper: the sandbox process holding the FUSE fd at ready */
 	int notify_fd;            /* seccomp user notifications from the server */
 	int log_fd;               /* read end of the server's stdout/stderr */
 	pid_t checker_pid;
@@ -234,6 +240,7 @@ static struct {
 	int nr_open, nr_openat, nr_openat2;  /* native numbers of the notified syscalls */
 	int nr_mount;
 	int fuse_handed;          /* fuse_notify: the FUSE fd's number in the server, once handed */
+	bool fuse_unheld;         /* reaper: the instance ended because no process held the FUSE fd */
 	scmp_filter_ctx policy, notifier;
 	int64_t ready_deadline, term_deadline, kill_deadline; /* CLOCK_MONOTONIC ms, 0 = none */
 	size_t log_written, log_dropped;
@@ -834,7 +841,7 @@ static void spec_record(char **f, unsigned n)
 	static struct {
 		bool id, rundir, uid, gid, mount, fsname, subtype, owner, readonly, noexec, default_permissions, allow_other, max_read, fuse_fd,
 			sentinel, fuse_handover, root_passwd, root_usr, root_bin, tmp_size, proc, proc_source, hostname, umask, oom,
-			nnp, cwd, exec, seccomp_default, stop, ready, listen_env, cgroup_joined;
+			nnp, cwd, exec, seccomp_default, stop, ready, listen_env, cgroup_joined, reaper, profile;
 	} seen;
 	const char *k = f[0];
 	/* compile-seccomp reads only what the filters are made of */
@@ -1064,6 +1071,12 @@ static void spec_record(char **f, unsigned n)
 	} else if (!strcmp(k, "cgroup_joined")) {
 		NF(1, 1); ONCE(cgroup_joined);
 		S.cgroup_joined = spec_bool(f[1]);
+	} else if (!strcmp(k, "seccomp_profile")) {
+		NF(1, 1); ONCE(profile);
+		S.profile = spec_host_path(f[1]);
+	} else if (!strcmp(k, "reaper")) {
+		NF(1, 1); ONCE(reaper);
+		S.reaper = spec_bool(f[1]);
 	} else {
 		spec_error("unknown key: %s", k);
 	}
@@ -1101,6 +1114,11 @@ static void spec_check(void)
 		spec_error("fd fuse without mount given");
 	if (S.fd_transport >= 0 && (S.fd_source >= 0 || S.listen_env))
 		spec_error("fd transport is the server's stdin and stdout: not with fd source or listen_env");
+	if (S.profile && S.have_seccomp)
+		spec_error("seccomp_profile records what the server calls: not with a seccomp policy");
+	/* LISTEN_PID=1 names the server; with a reaper that is pid 2 (and a unit never forks away) */
+	if (S.reaper && S.listen_env)
+		spec_error("reaper is for a mounted server that forks into the background, not listen_env");
 	if (S.listen_env && S.fd_conn < 0)
 		spec_error("listen_env without fd conn");
 	if (S.listen_env && S.fuse_fd == 3)
@@ -1111,6 +1129,9 @@ static void spec_check(void)
 		/* precompiled: the launcher builds nothing, so every filter the sandbox needs is here */
 		if (S.have_seccomp)
 			spec_error("seccomp_program excludes seccomp_default/seccomp_rule/seccomp_arch");
+		/* a profile run's notify filter stops every call, which no precompiled program does */
+		if (S.profile)
+			spec_error("seccomp_program excludes seccomp_profile");
 		if (S.sentinel && !S.prog_notify.insns)
 			spec_error("source_sentinel with precompiled filters needs seccomp_program notify");
 		if (S.prog_notify.insns && !S.sentinel)
@@ -1438,7 +1459,7 @@ static void state_write(void)
 		     "state=%s\nlauncher_pid=%d\nlauncher_start=%s\nserver_pid=%d\nmnt_id=%llu\n"
 		     "mnt_id_old=%llu\nexit_code=%d\nexit_signal=%d\nreason=%s\nended_at=%lld\n"
 		     "detached=%d\nleft_mounted=%d\n",
-		     names[G.phase], (int)getpid(), G.start_time, (int)G.server_pid,
+		     names[G.phase], (int)getpid(), G.start_time, (int)(G.serving_pid ? G.serving_pid : G.server_pid),
 		     (unsigned long long)G.mnt_id, G.mnt_id_old, G.exit_code, G.exit_signal, G.reason,
 		     G.phase == PHASE_EXITED ? (long long)clock_ms(CLOCK_REALTIME) : 0LL, G.detached,
 		     G.left_mounted && !G.detached);
@@ -2160,20 +2181,29 @@ static scmp_filter_ctx build_policy_filter(void)
 	return ctx;
 }
 
-/* open/openat/openat2 stop and wait for the launcher (see handle_notification). */
+/* Whether the sandbox gets the launcher's notify filter: a source to hand, or a profile. */
+static bool has_notifier(void) { return S.sentinel || S.profile; }
+
+/*
+ * open/openat/openat2 stop and wait for the launcher (see handle_notification). seccomp_profile:
+ * every native call does (recorded, then let through), and a foreign-arch call kills: with no
+ * policy filter behind it, nothing else would stop one.
+ */
 static scmp_filter_ctx build_notify_filter(void)
 {
 	static const char *const calls[] = {"open", "openat", "openat2"};
-	scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);
+	scmp_filter_ctx ctx = seccomp_init(S.profile ? SCMP_ACT_NOTIFY : SCMP_ACT_ALLOW);
 	int r;
 	if (!ctx)
 		fail("ESANDBOX", "seccomp_init(notify) failed");
 	/* foreign-arch calls are the policy filter's business, not this one's */
-	r = seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_ALLOW);
+	r = seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, S.profile ? SCMP_ACT_KILL_PROCESS : SCMP_ACT_ALLOW);
 	if (r < 0) {
 		errno = -r;
 		die_errno("ESANDBOX", "seccomp_attr_set(BADARCH)");
 	}
+	if (S.profile)
+		return ctx;
 	for (size_t i = 0; i < sizeof calls / sizeof calls[0]; i++) {
 		int nr = seccomp_syscall_resolve_name(calls[i]);
 		if (nr == __NR_SCMP_ERROR)
@@ -2506,7 +2536,7 @@ static void arrange_fds(struct child_fds *c)
 	int log_wr = park_fd(c->log_wr), fuse = -1, conn = -1, keep[2];
 	size_t nkeep = 0;
 	G.sandbox_err_fd = c->err_wr = park_fd(c->err_wr);
-	if (S.sentinel)
+	if (c->sock_child >= 0)  /* none with seccomp_profile (fetch_listener) */
 		c->sock_child = park_fd(c->sock_child);
 	if (S.mount_fuse && !S.fuse_notify)
 		fuse = park_fd(G.devfuse);
@@ -2567,7 +2597,7 @@ static int load_program(const struct seccomp_program *p, unsigned flags, const c
 static void install_filters(struct child_fds *c)
 {
 	int r;
-	if (S.sentinel) {
+	if (has_notifier()) {
 		int listener;
 		if (S.prog_notify.insns) {
 			listener = load_program(&S.prog_notify, SECCOMP_FILTER_FLAG_NEW_LISTENER, "notify filter");
@@ -2581,9 +2611,13 @@ static void install_filters(struct child_fds *c)
 			if (listener < 0)
 				fail("ESANDBOX", "seccomp_notify_fd failed");
 		}
-		send_fd(c->sock_child, listener);
+		/* seccomp_profile: this very sendmsg would wait for a launcher that has no listener
+		 * yet; the launcher takes it from our fd table instead (fetch_listener) */
+		if (!S.profile) {
+			send_fd(c->sock_child, listener);
+			close(c->sock_child);
+		}
 		close(listener);
-		close(c->sock_child);
 	}
 	if (S.prog_policy.insns)
 		load_program(&S.prog_policy, 0, "policy");
@@ -2593,6 +2627,87 @@ static void install_filters(struct child_fds *c)
 			errno = -r;
 			die_errno("ESANDBOX", "seccomp_load(policy)");
 		}
+	}
+}
+
+/*
+ * S.reaper: pid 1 of the sandbox's pid namespace, for a server that forks into the background
+ * (libfuse's fuse_daemonize without -f: the parent exits 0 once its child serves). The kernel
+ * kills a pid namespace whose pid 1 ends, so a pid-1 server that forks takes its child with it.
+ * Here pid 1 is this loop instead: the launcher's own code, never exec'd, under the server's
+ * uid, with no capability, NoNewPrivs and the same seccomp filters (it forks after they are
+ * loaded), holding no descriptor but the log (fd 2): not the FUSE fd, the source or a
+ * transport, so a dead server still leaves a connection that answers ENOTCONN and a caller's
+ * transport that sees EOF.
+ * It reaps every process of the namespace (orphans are reparented to it), forwards the stop
+ * signals to all of them and exits when none is left: the instance ends when nothing in the
+ * sandbox can serve the mount any more, not when the server's first process exits 0.
+ * Exit status: the first process's if it failed (non-zero or a signal; the others are killed,
+ * a start that failed is over), otherwise the last process's. A signal N is reported as
+ * 128 + N (pid 1 cannot die of a signal it sends itself); describe_exit decodes it.
+ */
+static noreturn void reaper_die(const char *what)
+{
+	logmsg("reaper: %s: %s", what, strerror(errno));
+	/* pid 1 ending kills the namespace: nothing is left behind */
+	_exit(127);
+}
+
+static noreturn void run_reaper(pid_t server)
+{
+	static const int forwarded[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
+	sigset_t set;
+	int last = 0;
+	bool server_done = false;
+
+	G.role = ROLE_HELPER;
+	/* A signal queued for pid 1 is delivered only if it is blocked or handled: block them
+	 * all and take them with sigwaitinfo, SIGCHLD included (its default would drop it). */
+	sigemptyset(&set);
+	sigaddset(&set, SIGCHLD);
+	for (size_t i = 0; i < sizeof forwarded / sizeof forwarded[0]; i++)
+		sigaddset(&set, forwarded[i]);
+	if (sigprocmask(SIG_BLOCK, &set, NULL) < 0)
+		reaper_die("sigprocmask");
+	/* only the log: see above (the error pipe must see EOF at the server's exec, too) */
+	if (close(STDIN_FILENO) < 0 && errno != EBADF)
+		reaper_die("close(0)");
+	if (close(STDOUT_FILENO) < 0 && errno != EBADF)
+		reaper_die("close(1)");
+	if (close_range(3, ~0U, 0) < 0)
+		reaper_die("close_range");
+	for (;;) {
+		int st;
+		pid_t pid;
+		while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
+			int code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+			if (pid == server && !server_done) {
+				server_done = true;
+				if (code != 0) {
+					if (kill(-1, SIGKILL) < 0 && errno != ESRCH)
+						reaper_die("kill(-1, SIGKILL)");
+					while (waitpid(-1, NULL, 0) > 0 || errno == EINTR)
+						;
+					_exit(code);
+				}
+				logmsg("reaper: the server's first process exited 0 (it forked into the background); the instance lives while a process of its sandbox does");
+			}
+			last = code;
+		}
+		if (pid < 0 && errno == ECHILD)
+			_exit(last);
+		if (pid < 0 && errno != EINTR)
+			reaper_die("waitpid");
+		siginfo_t si;
+		int sig = sigwaitinfo(&set, &si);
+		if (sig < 0) {
+			if (errno == EINTR)
+				continue;
+			reaper_die("sigwaitinfo");
+		}
+		/* kill(-1) from pid 1: every other process of the namespace */
+		if (sig != SIGCHLD && kill(-1, sig) < 0 && errno != ESRCH)
+			reaper_die("kill(-1)");
 	}
 }
 
@@ -2654,7 +2769,7 @@ static noreturn void sandbox_child(struct child_fds *c)
 	if (chdir(S.cwd ? S.cwd : "/") < 0)
 		die_errno("ESANDBOX", "chdir(%s)", S.cwd ? S.cwd : "/");
 	drop_capabilities();
-	if ((S.nnp || G.policy || S.prog_policy.insns || S.sentinel) && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+	if ((S.nnp || G.policy || S.prog_policy.insns || has_notifier()) && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
 		die_errno("ESANDBOX", "prctl(PR_SET_NO_NEW_PRIVS)");
 	arrange_fds(c);
 	umask(S.have_umask ? S.umask_value : 022);
@@ -2663,6 +2778,15 @@ static noreturn void sandbox_child(struct child_fds *c)
 		die_errno("ESANDBOX", "reset signals");
 	install_filters(c);
 
+	if (S.reaper) {
+		pid_t server = fork();
+		if (server < 0)
+			die_errno("ESANDBOX", "fork(server under the reaper)");
+		if (server > 0) {
+			close(c->err_wr);
+			run_reaper(server);
+		}
+	}
 	execve(S.exec, S.args, S.env ? S.env : (char *[]){NULL});
 	die_errno("ESERVER_START", "execve(%s)", S.exec);
 }
@@ -2775,13 +2899,70 @@ static int recv_fd(int sock)
 	return fd;
 }
 
+static void handle_notification(void);
+
+/*
+ * seccomp_profile: the child's filter notifies on every call, its sendmsg of the listener
+ * too, so the listener is taken from its fd table (pidfd_getfd; we are its privileged parent)
+ * as soon as its seccomp(2) made it. Polled, bounded: until then the child is not blocked on
+ * us, and an error it hits arrives on the error pipe (then wait_for_exec reports it).
+ */
+static void fetch_listener(int err_rd)
+{
+	char dir[64];
+	snprintf(dir, sizeof dir, "/proc/%d/fd", (int)G.server_pid);
+	for (int64_t end = now_ms() + 10000; now_ms() < end;) {
+		DIR *d = opendir(dir);
+		struct dirent *e;
+		if (!d)
+			die_errno("ESANDBOX", "opendir(%s)", dir);
+		while ((e = readdir(d))) {
+			char link[64];
+			ssize_t n = readlinkat(dirfd(d), e->d_name, link, sizeof link - 1);
+			if (n <= 0)
+				continue;
+			link[n] = '\0';
+			if (strcmp(link, "anon_inode:seccomp notify"))
+				continue;
+			G.notify_fd = (int)syscall(SYS_pidfd_getfd, G.server_pidfd, atoi(e->d_name), 0);
+			if (G.notify_fd < 0)
+				die_errno("ESANDBOX", "pidfd_getfd(seccomp listener)");
+			closedir(d);
+			return;
+		}
+		closedir(d);
+		struct pollfd p = {.fd = err_rd, .events = POLLIN};
+		if (poll(&p, 1, 2) == 1)
+			return;
+	}
+	fail("ESANDBOX", "seccomp_profile: the sandbox made no seccomp listener within 10 s");
+}
+
 /* EOF on the CLOEXEC error pipe = the child exec'd; otherwise "CODE\tmessage". */
 static void wait_for_exec(int err_rd)
 {
 	char buf[800];
 	size_t len = 0;
 	ssize_t n;
-	while ((n = read(err_rd, buf + len, sizeof buf - 1 - len)) != 0) {
+	for (;;) {
+		/* seccomp_profile: the child's last calls before its exec wait for our answers */
+		if (S.profile && G.notify_fd >= 0) {
+			struct pollfd p[2] = {{.fd = err_rd, .events = POLLIN}, {.fd = G.notify_fd, .events = POLLIN}};
+			if (poll(p, 2, -1) < 0) {
+				if (errno == EINTR)
+					continue;
+				die_errno("EINTERNAL", "poll(sandbox error pipe)");
+			}
+			if (p[1].revents & POLLIN)
+				handle_notification();
+			else if (p[1].revents)
+				close_fd(&G.notify_fd);  /* no task uses the filter any more */
+			if (!p[0].revents)
+				continue;
+		}
+		n = read(err_rd, buf + len, sizeof buf - 1 - len);
+		if (n == 0)
+			break;
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0)
@@ -2816,7 +2997,7 @@ static void start_sandbox(void)
 		die_errno("EINTERNAL", "pipe2(log)");
 	c.log_rd = p[0], c.log_wr = p[1];
 	c.sock_parent = c.sock_child = -1;
-	if (S.sentinel) {
+	if (S.sentinel && !S.profile) {
 		if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, p) < 0)
 			die_errno("EINTERNAL", "socketpair(listener)");
 		c.sock_parent = p[0], c.sock_child = p[1];
@@ -2844,15 +3025,17 @@ static void start_sandbox(void)
 		die_errno("ESANDBOX", "write(release pipe)");
 	close(c.release_wr);
 
-	if (S.sentinel) {
+	if (S.profile)
+		fetch_listener(c.err_rd);
+	else if (S.sentinel) {
 		/* EOF here means the child failed before its filter: the error pipe says why. */
 		G.notify_fd = recv_fd(c.sock_parent);
 		close(c.sock_parent);
-		if (G.notify_fd >= 0 && fcntl(G.notify_fd, F_SETFL, O_NONBLOCK) < 0)
-			die_errno("EINTERNAL", "fcntl(listener, O_NONBLOCK)");
 	}
+	if (G.notify_fd >= 0 && fcntl(G.notify_fd, F_SETFL, O_NONBLOCK) < 0)
+		die_errno("EINTERNAL", "fcntl(listener, O_NONBLOCK)");
 	wait_for_exec(c.err_rd);
-	if (S.sentinel && G.notify_fd < 0)
+	if (has_notifier() && G.notify_fd < 0)
 		fail("ESANDBOX", "no seccomp listener from the sandbox");
 	/* The server holds the FUSE fd now. If we kept a copy, a dead server would leave a
 	 * hung mount instead of one that answers ENOTCONN. (fuse_handover notify: it is handed
@@ -3088,8 +3271,11 @@ static bool reap_within(int *pidfd, int ms, siginfo_t *out)
  * does the one close of the source, so the FLUSH waits in it, not in us. Our exit only drops
  * our reference to the table.
  */
+static void profile_write(void);
 static noreturn void exit_leaving_source(int status)
 {
+	if (S.profile && G.role == ROLE_LAUNCHER)
+		profile_write();
 	if (S.fd_source >= 0) {
 		int keep[1] = {S.fd_source}, pidfd = -1;
 		if (S.fd_source < 3 || close_fds_except(keep, 1, 0) < 0)
@@ -3507,6 +3693,48 @@ static void handle_mount(const struct seccomp_notif *req)
 	notify_respond(req->id, 0, 0);
 }
 
+/*
+ * seccomp_profile: the set of native syscall numbers the sandbox made (the filter kills a
+ * foreign-arch call, so every number here is native; x32's bit would be past the set).
+ */
+#define PROFILE_NR_MAX 1024
+static unsigned char profile_seen[PROFILE_NR_MAX / 8];
+static unsigned long profile_odd;
+static void profile_note(int nr)
+{
+	if (nr >= 0 && nr < PROFILE_NR_MAX)
+		profile_seen[nr / 8] |= (unsigned char)(1u << (nr % 8));
+	else
+		profile_odd++;
+}
+
+/* One name per line, sorted by number, into S.profile (a new file: never written through). */
+static void profile_write(void)
+{
+	uint32_t arch = seccomp_arch_native();
+	unsigned count = 0;
+	int fd = open(S.profile, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		logmsg("seccomp_profile: open(%s): %s", S.profile, strerror(errno));
+		return;
+	}
+	for (int nr = 0; nr < PROFILE_NR_MAX; nr++) {
+		if (!(profile_seen[nr / 8] & (1u << (nr % 8))))
+			continue;
+		char *name = seccomp_syscall_resolve_num_arch(arch, nr), line[96];
+		int n = name ? snprintf(line, sizeof line, "%s\n", name) : snprintf(line, sizeof line, "#%d\n", nr);
+		free(name);
+		if (!write_all(fd, line, (size_t)n)) {
+			logmsg("seccomp_profile: write(%s): %s", S.profile, strerror(errno));
+			break;
+		}
+		count++;
+	}
+	if (close(fd) < 0)
+		logmsg("seccomp_profile: close(%s): %s", S.profile, strerror(errno));
+	logmsg("seccomp_profile: %u distinct system calls recorded%s", count, profile_odd ? " (and calls out of range)" : "");
+}
+
 static void handle_notification(void)
 {
 	struct seccomp_notif req;
@@ -3519,6 +3747,8 @@ static void handle_notification(void)
 			logmsg("SECCOMP_IOCTL_NOTIF_RECV: %s", strerror(errno));
 		return;
 	}
+	if (S.profile)
+		profile_note(req.data.nr);
 	if (req.data.nr == G.nr_open) {
 		path_arg = req.data.args[0];
 		flags = req.data.args[1];
@@ -3545,7 +3775,7 @@ static void handle_notification(void)
 		hand_fuse(&req, flags);
 		return;
 	}
-	if (!read_remote_string(req.pid, path_arg, path, sizeof path) ||
+	if (!S.sentinel || !read_remote_string(req.pid, path_arg, path, sizeof path) ||
 	    strcmp(path, S.sentinel) != 0) {
 		notify_respond(req.id, 0, SECCOMP_USER_NOTIF_FLAG_CONTINUE);
 		return;
@@ -3669,7 +3899,11 @@ static void pump_log(void)
 
 static void describe_exit(const siginfo_t *si, char *out, size_t size)
 {
-	if (si->si_code == CLD_EXITED) {
+	/* the reaper reports a signal N as 128 + N (run_reaper) */
+	if (S.reaper && si->si_code == CLD_EXITED && si->si_status > 128 && si->si_status <= 128 + 64) {
+		G.exit_code = -1, G.exit_signal = si->si_status - 128;
+		snprintf(out, size, "killed by signal %d", G.exit_signal);
+	} else if (si->si_code == CLD_EXITED) {
 		G.exit_code = si->si_status, G.exit_signal = 0;
 		snprintf(out, size, "server exited with code %d", si->si_status);
 	} else {
@@ -3729,6 +3963,8 @@ static void on_server_exit(void)
 		close_fd(&G.mntfd);
 		if (G.ns_gone)
 			snprintf(G.reason, sizeof G.reason, "the caller's mount namespace ended; %s", what);
+		else if (G.fuse_unheld)
+			snprintf(G.reason, sizeof G.reason, "no process of the sandbox held the FUSE connection; the rest was killed");
 		else
 			snprintf(G.reason, sizeof G.reason, "%s", what);
 		finish(EXIT_ENDED);
@@ -3741,6 +3977,72 @@ static void on_server_exit(void)
 	case PHASE_EXITED:
 		break;
 	}
+}
+
+#define HOLDER_CHECK_MS 1000
+static int64_t holder_check;   /* reaper, running: when to look for the FUSE fd's holder next */
+
+/* Whether process pid holds a descriptor of /dev/fuse (in the sandbox that is only ours). */
+static bool holds_devfuse(pid_t pid)
+{
+	char path[64], link[32];
+	snprintf(path, sizeof path, "/proc/%d/fd", (int)pid);
+	DIR *d = opendir(path);
+	struct dirent *e;
+	bool found = false;
+	if (!d)
+		return false;
+	while (!found && (e = readdir(d))) {
+		ssize_t n = readlinkat(dirfd(d), e->d_name, link, sizeof link - 1);
+		if (n > 0) {
+			link[n] = '\0';
+			found = !strcmp(link, "/dev/fuse");
+		}
+	}
+	closedir(d);
+	return found;
+}
+
+/*
+ * reaper: the process that serves is not the one the launcher started (it forked away), so
+ * the pid the readiness line and the state name is the sandbox process holding the FUSE fd,
+ * found breadth-first from the reaper through /proc/PID/task/TID/children (host pids; the
+ * cgroup's pids.max bounds the walk). 0 if none holds it (the reaper's pid is named then).
+ */
+static pid_t find_serving_pid(void)
+{
+	pid_t queue[256];
+	size_t head = 0, tail = 0;
+	queue[tail++] = G.server_pid;
+	while (head < tail) {
+		pid_t p = queue[head++];
+		char path[64];
+		if (p != G.server_pid && holds_devfuse(p))
+			return p;
+		snprintf(path, sizeof path, "/proc/%d/task", (int)p);
+		DIR *d = opendir(path);
+		struct dirent *e;
+		if (!d)
+			continue;
+		while ((e = readdir(d))) {
+			char file[sizeof e->d_name + 16], buf[1024];
+			if (e->d_name[0] == '.')
+				continue;
+			snprintf(file, sizeof file, "%s/children", e->d_name);
+			int fd = openat(dirfd(d), file, O_RDONLY | O_CLOEXEC);
+			if (fd < 0)
+				continue;
+			ssize_t n = read(fd, buf, sizeof buf - 1);
+			close(fd);
+			if (n <= 0)
+				continue;
+			buf[n] = '\0';
+			for (char *tok = strtok(buf, " \n"); tok && tail < sizeof queue / sizeof queue[0]; tok = strtok(NULL, " \n"))
+				queue[tail++] = (pid_t)atoi(tok);
+		}
+		closedir(d);
+	}
+	return 0;
 }
 
 static void on_checker_done(void)
@@ -3818,10 +4120,20 @@ static void on_checker_done(void)
 	/* From here the mount is the caller's: umount(8), umount -l or fusermount3 -u end the
 	 * instance (the server sees its connection go); a stop finds it again by its id. */
 	close_fd(&G.mntfd);
+	if (S.reaper) {
+		G.serving_pid = find_serving_pid();
+		if (!G.serving_pid)
+			logmsg("reaper: no process of the sandbox holds the FUSE fd at ready");
+		holder_check = now_ms() + HOLDER_CHECK_MS;
+	}
+	pid_t named = G.serving_pid ? G.serving_pid : G.server_pid;
 	set_phase(PHASE_RUNNING);
 	step("ready");
-	readiness("ready\t%d\t%llu\t%llu", (int)G.server_pid, (unsigned long long)G.mnt_id, G.mnt_id_old);
-	logmsg("ready: server pid %d, mount id %llu (%llu)", (int)G.server_pid, (unsigned long long)G.mnt_id, G.mnt_id_old);
+	readiness("ready\t%d\t%llu\t%llu", (int)named, (unsigned long long)G.mnt_id, G.mnt_id_old);
+	if (S.reaper)
+		logmsg("ready: server pid %d (under the reaper, pid %d), mount id %llu (%llu)", (int)named, (int)G.server_pid, (unsigned long long)G.mnt_id, G.mnt_id_old);
+	else
+		logmsg("ready: server pid %d, mount id %llu (%llu)", (int)named, (unsigned long long)G.mnt_id, G.mnt_id_old);
 }
 
 static int64_t stop_end;       /* PHASE_STOPPING: when SIGKILL goes, at the latest */
@@ -3901,6 +4213,17 @@ static void on_signals(void)
 static void on_timeouts(void)
 {
 	int64_t now = now_ms();
+	/* reaper: a FUSE descriptor cannot be reopened, so once no process of the sandbox holds
+	 * one the connection is aborted for good: the instance is over even if a helper lingers */
+	if (holder_check && now >= holder_check) {
+		holder_check = G.phase == PHASE_RUNNING ? now + HOLDER_CHECK_MS : 0;
+		if (holder_check && G.server_pidfd >= 0 && !find_serving_pid()) {
+			holder_check = 0;
+			G.fuse_unheld = true;
+			logmsg("reaper: no process of the sandbox holds the FUSE connection any more: ending the instance (SIGKILL to the rest)");
+			pidfd_send_signal(G.server_pidfd, SIGKILL, NULL, 0);
+		}
+	}
 	if (G.ready_deadline && now >= G.ready_deadline)
 		fail("ETIMEDOUT_SERVER", "the server did not answer FUSE_INIT within %lld ms",
 		     S.ready_timeout_ms);
@@ -3930,8 +4253,8 @@ static void on_timeouts(void)
 static int poll_timeout(void)
 {
 	int64_t next = 0, now = now_ms();
-	int64_t d[] = {G.ready_deadline, G.term_deadline, G.kill_deadline, abandon_deadline};
-	for (size_t i = 0; i < 4; i++)
+	int64_t d[] = {G.ready_deadline, G.term_deadline, G.kill_deadline, abandon_deadline, holder_check};
+	for (size_t i = 0; i < sizeof d / sizeof d[0]; i++)
 		if (d[i] && (!next || d[i] < next))
 			next = d[i];
 	if (!next)
@@ -4030,11 +4353,11 @@ static int instance_main(bool pooled, char **cgroups, size_t ncgroups)
 	}
 	/* Precompiled programs (seccomp_program) need no libseccomp here. Otherwise: libseccomp
 	 * probes the kernel once; do it here, not after the notify filter is on. */
-	if (S.have_seccomp || (S.sentinel && !S.prog_notify.insns))
+	if (S.have_seccomp || (has_notifier() && !S.prog_notify.insns))
 		seccomp_api_get();
 	if (S.have_seccomp)
 		G.policy = build_policy_filter();
-	if (S.sentinel) {
+	if (has_notifier()) {
 		if (!S.prog_notify.insns)
 			G.notifier = build_notify_filter();
 		G.nr_open = seccomp_syscall_resolve_name("open");

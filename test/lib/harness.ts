@@ -294,15 +294,22 @@ export function instanceProcesses(runtimeDir: string): { pid: number; comm: stri
       /* gone */
     }
   }
-  return all.filter((p) => {
-    if (launchers.has(p.pid)) return true;
+  const ppidOf = new Map<number, number>();
+  for (const p of all) {
     try {
-      const ppid = Number(/^PPid:\s*(\d+)/m.exec(readFileSync(`/proc/${p.pid}/status`, 'utf8'))?.[1]);
-      return launchers.has(ppid);
+      ppidOf.set(p.pid, Number(/^PPid:\s*(\d+)/m.exec(readFileSync(`/proc/${p.pid}/status`, 'utf8'))?.[1]));
     } catch {
-      return false;
+      /* gone */
     }
-  });
+  }
+  // Descendants too: a server that forks into the background runs under its sandbox's reaper
+  // (the launcher's child), so it is the launcher's grandchild.
+  const mine = new Set(launchers);
+  for (let grew = true; grew; ) {
+    grew = false;
+    for (const p of all) if (!mine.has(p.pid) && mine.has(ppidOf.get(p.pid) ?? -1)) (mine.add(p.pid), (grew = true));
+  }
+  return all.filter((p) => mine.has(p.pid));
 }
 
 export function procStatus(pid: number): Record<string, string> {

@@ -35,7 +35,7 @@ export async function makeFormatImage(dir: string, fstype: Format, src: string, 
 
 /**
  * The launchers serving runtimeDir's instances (fd 2 is an instance log there; pooled idle
- * launchers excluded unless `pooled`) and their direct children, whatever the server binary is called.
+ * launchers excluded unless `pooled`) and their descendants, whatever the server binary is called.
  */
 export function instanceTree(runtimeDir: string, o: { pooled?: boolean } = {}): { pid: number; comm: string }[] {
   const all: { pid: number; comm: string; ppid: number }[] = [];
@@ -60,5 +60,12 @@ export function instanceTree(runtimeDir: string, o: { pooled?: boolean } = {}): 
       /* gone */
     }
   }
-  return all.filter((p) => launchers.has(p.pid) || launchers.has(p.ppid)).map(({ pid, comm }) => ({ pid, comm }));
+  // Descendants too: a server that forks into the background is the grandchild of its
+  // launcher (its parent, the sandbox's reaper, is the launcher's child).
+  const mine = new Set(launchers);
+  for (let grew = true; grew; ) {
+    grew = false;
+    for (const p of all) if (!mine.has(p.pid) && mine.has(p.ppid)) (mine.add(p.pid), (grew = true));
+  }
+  return all.filter((p) => mine.has(p.pid)).map(({ pid, comm }) => ({ pid, comm }));
 }
