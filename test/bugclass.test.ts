@@ -142,13 +142,20 @@ s('no shell strings in product code', () => {
   // The one sanctioned shell: fuse-svc-request's --via COMMAND (issue 11 §4), the caller's own
   // command run by /bin/sh -c as the caller, in the client, never in the broker or launcher. Its
   // help text names it; its exec must be in via_start and nowhere else.
-  const sanctioned = (h: string) => /^helper\/native\/client\.c:\d+: "\s+by \/bin\/sh -c as you/.test(h);
+  // The second: `fuse-svcd profile`'s workload (issue 11 §5), a command line root gives on its
+  // own command line, run by /bin/sh -c as --uid; no client request reaches it.
+  const sanctioned = (h: string) =>
+    /^helper\/native\/client\.c:\d+: "\s+by \/bin\/sh -c as you/.test(h) ||
+    /^supervisor\/main\.ts:\d+: 'fresh mount point as --uid, COMMAND runs as --uid by \/bin\/sh -c/.test(h) ||
+    /^supervisor\/profile\.ts:\d+: const w = await execa\('\/bin\/sh', \['-c', r\.workload\], \{ \.\.\.as,/.test(h);
   assert.equal(hits.filter((h) => !sanctioned(h)), []);
   const client = readFileSync(path.join(ROOT, 'helper', 'native', 'client.c'), 'utf8');
   const shells = [...client.matchAll(/execl\("\/bin\/sh"/g)];
   assert.is(shells.length, 1, 'one exec of /bin/sh in the client');
   const viaStart = client.indexOf('static int via_start(');
   assert.ok(viaStart > 0 && shells[0].index! > viaStart && shells[0].index! < client.indexOf('\n}\n', viaStart), 'the exec of /bin/sh is inside via_start');
+  const profile = readFileSync(path.join(ROOT, 'supervisor', 'profile.ts'), 'utf8');
+  assert.is([...profile.matchAll(/'\/bin\/sh'/g)].length, 1, 'one shell in fuse-svcd profile: the workload');
 });
 
 s('uid_map is written to the right process under pid churn (never a bare /proc/PID of a reaped pid)', async () => {
