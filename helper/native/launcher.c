@@ -1572,6 +1572,28 @@ static int read_cap_last_cap(void)
 /* The caller's mount namespace                                                              */
 
 /*
+ * The caller's pid as our pid namespace sees it, from its pidfd's fdinfo. Only a name: whoever
+ * opens /proc/PID by it confirms afterwards, with the pidfd, that PID was not reused meanwhile.
+ */
+static int caller_pid(void)
+{
+	char path[64], line[128];
+	int pid = -1;
+	FILE *fi;
+	snprintf(path, sizeof path, "/proc/self/fdinfo/%d", S.fd_caller_pidfd);
+	fi = fopen(path, "re");
+	if (!fi)
+		die_errno("EATTACH", "open(%s)", path);
+	while (fgets(line, sizeof line, fi))
+		if (sscanf(line, "Pid: %d", &pid) == 1)
+			break;
+	fclose(fi);
+	if (pid <= 0)
+		fail("EATTACH", "the caller process is gone or not in our pid namespace");
+	return pid;
+}
+
+/*
  * Pin the caller's mount namespace for the instance's life: the mount is attached there and
  * must be detached there later, maybe after the caller process has exited.
  */
@@ -1580,19 +1602,8 @@ static void pin_caller_mntns(void)
 	int fd = ioctl(S.fd_caller_pidfd, PIDFD_GET_MNT_NAMESPACE, 0);
 	if (fd < 0 && (errno == ENOTTY || errno == EINVAL)) {
 		/* Before 6.11: /proc/PID/ns/mnt, then make sure PID was still the caller. */
-		char path[64], line[128];
-		int pid = -1;
-		FILE *fi;
-		snprintf(path, sizeof path, "/proc/self/fdinfo/%d", S.fd_caller_pidfd);
-		fi = fopen(path, "re");
-		if (!fi)
-			die_errno("EATTACH", "open(%s)", path);
-		while (fgets(line, sizeof line, fi))
-			if (sscanf(line, "Pid: %d", &pid) == 1)
-				break;
-		fclose(fi);
-		if (pid <= 0)
-			fail("EATTACH", "the caller process is gone or not in our pid namespace");
+		char path[64];
+		int pid = caller_pid();
 		snprintf(path, sizeof path, "/proc/%d/ns/mnt", pid);
 		fd = open(path, O_RDONLY | O_CLOEXEC);
 		if (fd < 0)
@@ -1754,9 +1765,8 @@ static bool map_id_into(int procdir, const char *file, unsigned long long id, un
 static void enter_caller_userns_prepare(void)
 {
 	struct stat mine, theirs, procns;
-	char path[64], line[128];
-	int pid = -1, procdir, nsfd;
-	FILE *fi;
+	char path[64];
+	int pid, procdir, nsfd;
 
 	CU.userns = ioctl(G.nsfd, NS_GET_USERNS);
 	if (CU.userns < 0)
@@ -1771,16 +1781,7 @@ static void enter_caller_userns_prepare(void)
 		close_fd(&CU.userns);
 		return;
 	}
-	snprintf(path, sizeof path, "/proc/self/fdinfo/%d", S.fd_caller_pidfd);
-	fi = fopen(path, "re");
-	if (!fi)
-		die_errno("EATTACH", "open(%s)", path);
-	while (fgets(line, sizeof line, fi))
-		if (sscanf(line, "Pid: %d", &pid) == 1)
-			break;
-	fclose(fi);
-	if (pid <= 0)
-		fail("EATTACH", "the caller process is gone or not in our pid namespace");
+	pid = caller_pid();
 	snprintf(path, sizeof path, "/proc/%d", pid);
 	procdir = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
 	if (procdir < 0)
