@@ -283,7 +283,7 @@ export class Broker {
     }
     void this.handle(c, packet).finally(() => {
       // Never close() here: these may be files on a FUSE filesystem the caller runs (fdsafe.ts).
-      dropCallerFds(packet!.fds, c.caller.uid);
+      dropCallerFds(packet!.fds, c.caller.uid, c.caller.pidfd);
       this.finish(c);
     });
   }
@@ -713,7 +713,7 @@ export class Broker {
       // The descriptor pins the very mount we are about to detach: while anyone holds it, the
       // superblock lives on and the server never sees the end of its connection. (An O_PATH
       // descriptor is closed at once; anything else off the loop, see fdsafe.ts.)
-      dropCallerFds([fds[i]], caller.uid);
+      dropCallerFds([fds[i]], caller.uid, caller.pidfd);
       fds[i] = -1;
     }
     if (caller.uid !== 0 && caller.uid !== inst.rec.owner_uid) throw new RequestError('EPERM_MOUNT', `mount ${inst.rec.id} belongs to uid ${inst.rec.owner_uid}`);

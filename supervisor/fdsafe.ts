@@ -33,12 +33,13 @@ function drainSoon(): void {
 }
 
 /** Closes descriptors a caller sent, never on this thread when they could block. */
-export function dropCallerFds(fds: readonly number[], uid: number): void {
+export function dropCallerFds(fds: readonly number[], uid: number, callerPidfd = -1): void {
   const live = fds.filter((fd) => fd >= 0);
   if (!live.length) return;
   try {
-    // All closed here (the usual image file and O_PATH target): no closer to reap.
-    if (sock.dropFds(live, uid) === 0) return;
+    // All closed here (the usual image file and O_PATH target): no closer to reap. The caller's
+    // pidfd lets the addon find mounts of the caller's own namespace (a container's image).
+    if (sock.dropFds(live, uid, callerPidfd) === 0) return;
     // Reap finished closers soon (each holds a pidfd until reaped); stuck ones stay counted.
     setTimeout(() => sock.closersAlive(-1), 20).unref();
     setTimeout(() => sock.closersAlive(-1), 500).unref();

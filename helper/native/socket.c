@@ -33,6 +33,7 @@
 #include <string.h>
 #include <linux/close_range.h>
 #include <sys/file.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -722,6 +723,17 @@ struct mnt_id_req_v0 {
     uint32_t size, spare;
     uint64_t mnt_id, param;
 };
+/* Version 1 (Linux 6.11) names the mount namespace to look the mount up in. */
+struct mnt_id_req_v1 {
+    uint32_t size, spare;
+    uint64_t mnt_id, param, mnt_ns_id;
+};
+#ifndef PIDFD_GET_MNT_NAMESPACE
+#define PIDFD_GET_MNT_NAMESPACE _IO(0xFF, 3) /* linux/pidfd.h, 6.11 */
+#endif
+#ifndef NS_GET_MNTNS_ID
+#define NS_GET_MNTNS_ID _IOR(0xb7, 0x5, uint64_t) /* linux/nsfs.h, 6.8 */
+#endif
 /* The head of struct statmount (include/uapi/linux/mount.h); the kernel fills the rest too. */
 struct statmount_head {
     uint32_t size, mnt_opts;
@@ -738,8 +750,9 @@ struct statmount_head {
 #define MAGIC_BTRFS 0x9123683EU
 
 /* The superblock of mount `mnt_id` in our namespace: 0, or an errno (ENOENT: not ours). */
-static int sb_of_mount(uint64_t mnt_id, struct statmount_head *out) {
-    struct mnt_id_req_v0 req = {.size = sizeof req, .mnt_id = mnt_id, .param = STATMOUNT_SB_BASIC};
+/* mnt_ns_id 0: our own mount namespace. */
+static int sb_of_mount(uint64_t mnt_id, uint64_t mnt_ns_id, struct statmount_head *out) {
+    struct mnt_id_req_v1 req = {.size = sizeof req, .mnt_id = mnt_id, .param = STATMOUNT_SB_BASIC, .mnt_ns_id = mnt_ns_id};
     /* The kernel writes the whole struct statmount (512 bytes in 6.18) and refuses a smaller
      * buffer with EOVERFLOW; 4 KiB leaves room for later additions. */
     union {
@@ -763,12 +776,38 @@ static void root_sb_lookup(void) {
     root_sb_known = true;
     struct statx st;
     if (statx(AT_FDCWD, "/", AT_SYMLINK_NOFOLLOW | AT_STATX_DONT_SYNC, STATX_MNT_ID_UNIQUE, &st) < 0 ||
-        !(st.stx_mask & STATX_MNT_ID_UNIQUE) || sb_of_mount(st.stx_mnt_id, &root_sb) != 0)
+        !(st.stx_mask & STATX_MNT_ID_UNIQUE) || sb_of_mount(st.stx_mnt_id, 0, &root_sb) != 0)
         memset(&root_sb, 0, sizeof root_sb);
 }
 
+/*
+ * The id of the mount namespace of the process behind `pidfd` (0: none, or unknown). A caller's
+ * descriptors are mostly files of mounts in its own namespace, which statmount finds only when
+ * told where to look; what decides is still the superblock, wherever the mount is attached.
+ */
+static uint64_t mntns_id_of(int pidfd) {
+    if (pidfd < 0)
+        return 0;
+    int ns = ioctl(pidfd, PIDFD_GET_MNT_NAMESPACE, 0);
+    if (ns < 0)
+        return 0;
+    uint64_t id = 0;
+    if (ioctl(ns, NS_GET_MNTNS_ID, &id) < 0)
+        id = 0;
+    close(ns); /* an nsfs file: its close reaches no filesystem */
+    return id;
+}
+
+/* The caller whose descriptors drop_fds is deciding on: its pidfd and, once looked up, its
+ * mount namespace id (a lookup per drop, only when a mount is not in ours). */
+struct caller_ns {
+    int pidfd;
+    bool looked_up;
+    uint64_t id;
+};
+
 /* True only when closing `fd` (F_GETFL flags `fl`) on this thread provably cannot block. */
-static bool close_cannot_block(int fd, int fl) {
+static bool close_cannot_block(int fd, int fl, struct caller_ns *cns) {
     if (fl & O_PATH)
         return true;
     struct statx st;
@@ -782,16 +821,33 @@ static bool close_cannot_block(int fd, int fl) {
     if (st.stx_nlink == 0)
         return false;
     struct statmount_head sb = {0};
-    if (sb_of_mount(st.stx_mnt_id, &sb) != 0)
+    bool theirs = false;
+    int r = sb_of_mount(st.stx_mnt_id, 0, &sb);
+    if (r == ENOENT && cns && cns->pidfd >= 0) {
+        theirs = true;
+        /* Not attached in our namespace: maybe in the caller's (a container, `unshare -m`).
+         * Lazily unmounted mounts are attached nowhere and stay unknown: a closer's. */
+        if (!cns->looked_up) {
+            cns->id = mntns_id_of(cns->pidfd);
+            cns->looked_up = true;
+        }
+        if (cns->id)
+            r = sb_of_mount(st.stx_mnt_id, cns->id, &sb);
+    }
+    if (r != 0)
         return false;
     switch ((uint32_t)sb.sb_magic) {
     case MAGIC_TMPFS:
     case MAGIC_RAMFS:
     case MAGIC_HUGETLBFS:
-        return sb.sb_magic >> 32 == 0;
+        /* Not one of the caller's: it could unmount its own tmpfs lazily between this check
+         * and the close, which would then free the whole filesystem on this thread. */
+        return !theirs && sb.sb_magic >> 32 == 0;
     case MAGIC_EXT234:
     case MAGIC_XFS:
     case MAGIC_BTRFS:
+        /* Also through a mount of the caller's namespace: our own root mount holds this
+         * superblock, so no close of theirs is ever its last reference. */
         root_sb_lookup();
         return sb.sb_magic == root_sb.sb_magic && sb.sb_dev_major == root_sb.sb_dev_major &&
                sb.sb_dev_minor == root_sb.sb_dev_minor;
@@ -807,9 +863,10 @@ static uint64_t n_closed_inline, n_closers_started;
  * Returns 0, or an errno; on failure the descriptors are still open (the caller decides).
  * *nslow_out: how many went to a closer (started or waiting for the tag's share).
  */
-static int drop_fds(const int *fds, size_t n, int64_t tag, size_t *nslow_out) {
+static int drop_fds(const int *fds, size_t n, int64_t tag, int caller_pidfd, size_t *nslow_out) {
     int slow[SCM_MAX_FD];
     size_t nslow = 0;
+    struct caller_ns cns = {.pidfd = caller_pidfd};
     if (nslow_out)
         *nslow_out = 0;
     for (size_t i = 0; i < n; i++) {
@@ -818,7 +875,7 @@ static int drop_fds(const int *fds, size_t n, int64_t tag, size_t *nslow_out) {
         int fl = fcntl(fds[i], F_GETFL);
         if (fl < 0)
             continue;
-        if (close_cannot_block(fds[i], fl)) {
+        if (close_cannot_block(fds[i], fl, &cns)) {
             close(fds[i]);
             n_closed_inline++;
         } else if (nslow < SCM_MAX_FD) {
@@ -868,12 +925,16 @@ static int closer_start(const int *slow, size_t nslow, int64_t tag) {
 
 /* dropFds(fds, tag): closes them off this thread (see drop_fds). Throws on failure, fds open. */
 static napi_value DropFds(napi_env env, napi_callback_info info) {
-    napi_value argv[2];
+    napi_value argv[3];
     bool is_array;
     uint32_t n;
     int fds[SCM_MAX_FD];
-    int64_t tag;
-    if (!get_args(env, info, 2, argv))
+    int64_t tag, caller_pidfd = -1;
+    napi_valuetype t3;
+    if (!get_args(env, info, 3, argv))
+        return NULL;
+    if (napi_typeof(env, argv[2], &t3) == napi_ok && t3 != napi_undefined &&
+        !get_int(env, argv[2], "dropFds", "callerPidfd", -1, INT_MAX, &caller_pidfd))
         return NULL;
     if (napi_is_array(env, argv[0], &is_array) != napi_ok || !is_array ||
         napi_get_array_length(env, argv[0], &n) != napi_ok || n > SCM_MAX_FD)
@@ -889,7 +950,7 @@ static napi_value DropFds(napi_env env, napi_callback_info info) {
         fds[i] = (int)x;
     }
     size_t nslow = 0;
-    int err = drop_fds(fds, n, tag, &nslow);
+    int err = drop_fds(fds, n, tag, (int)caller_pidfd, &nslow);
     if (err)
         return throw_errno(env, "clone3", err);
     return make_int(env, (int64_t)nslow);
@@ -1056,7 +1117,7 @@ static napi_value Recv(napi_env env, napi_callback_info info) {
     }
 
     /* tag < 0: not a caller's descriptors (a client, a test): close them here. */
-    if (nextra && (tag < 0 || drop_fds(extra, nextra, tag, NULL) != 0)) {
+    if (nextra && (tag < 0 || drop_fds(extra, nextra, tag, -1, NULL) != 0)) {
         /* No closer could be started: keeping them would leak; closing here may block. Close. */
         for (size_t i = 0; i < nextra; i++)
             close(extra[i]);
@@ -1075,7 +1136,7 @@ static napi_value Recv(napi_env env, napi_callback_info info) {
          set_bool(env, result, "truncated", truncated) &&
          set_bool(env, result, "eof", n == 0 && nfds == 0 && !truncated);
     if (!ok) {
-        if (tag < 0 || drop_fds(fds, nfds, tag, NULL) != 0)
+        if (tag < 0 || drop_fds(fds, nfds, tag, -1, NULL) != 0)
             for (size_t i = 0; i < nfds; i++)
                 close(fds[i]);
         throw_napi_failure(env, "building the recv result");

@@ -123,7 +123,7 @@ interface Native {
   accept(fd: number, nonblock: boolean): Peer | null;
   send(fd: number, data: Uint8Array, fds: readonly number[]): number;
   recv(fd: number, maxBytes: number, maxFds: number, tag?: number): Received | null;
-  dropFds(fds: number[], tag: number): number;
+  dropFds(fds: number[], tag: number, callerPidfd?: number): number;
   closeStats(): { inline: number; closers: number };
   closersAlive(tag: number): number;
   fstatfsStart(fd: number, tag: number): number;
@@ -232,14 +232,15 @@ export function recv(fd: number, maxBytes: number, maxFds: number, tag = -1): Re
 
 /**
  * Closes descriptors a caller sent without ever blocking this thread: at once those whose close
- * provably cannot block (O_PATH; a linked file or directory in our mount namespace on tmpfs,
- * ramfs, hugetlbfs or on the broker's own root filesystem: socket.c close_cannot_block), the
- * others in a child that shares the descriptor table (close() of a FUSE file waits for its
- * server's FLUSH answer, uninterruptibly). `tag` (the caller's uid) is what closersAlive counts.
+ * provably cannot block (O_PATH; a linked file or directory on a mount attached in our mount
+ * namespace, or in that of the process behind `callerPidfd`, whose superblock is a tmpfs, ramfs,
+ * hugetlbfs or the broker's own root filesystem: socket.c close_cannot_block), the others in a
+ * child that shares the descriptor table (close() of a FUSE file waits for its server's FLUSH
+ * answer, uninterruptibly). `tag` (the caller's uid) is what closersAlive counts.
  * Returns how many went to a closer (started, or waiting for the tag's share).
  */
-export function dropFds(fds: readonly number[], tag: number): number {
-  return native.dropFds([...fds], tag);
+export function dropFds(fds: readonly number[], tag: number, callerPidfd = -1): number {
+  return native.dropFds([...fds], tag, callerPidfd);
 }
 
 /** Since the process started: descriptors dropFds closed on this thread, closers it started. */

@@ -61,9 +61,9 @@ async function squashfuse(name: string): Promise<{ mnt: string; server: ChildPro
 }
 
 /** Drops fd through the addon; 'inline' or 'closer', from the addon's own counters. */
-function drop(fd: number): 'inline' | 'closer' {
+function drop(fd: number, callerPidfd = -1): 'inline' | 'closer' {
   const s0 = sock.closeStats();
-  const slow = sock.dropFds([fd], TAG);
+  const slow = sock.dropFds([fd], TAG, callerPidfd);
   const s1 = sock.closeStats();
   if (slow === 0) {
     assert.is(s1.inline - s0.inline, 1, 'counted as closed inline');
@@ -133,6 +133,45 @@ test('the allow-list on real descriptors: inline only what cannot reach a filesy
       if (verdict !== want) got.push(`${what}: ${verdict}, expected ${want}`);
     }
     assert.equal(got, [], 'every kind went where the allow-list says');
+
+    // With the caller's pidfd (what the broker passes), mounts of the caller's own namespace
+    // are found there; the superblock still decides. A tmpfs only the caller's namespace has:
+    const callerTmpfs = path.join(dir, 'caller-tmpfs');
+    mkdirSync(callerTmpfs);
+    await execa('nsenter', ['-t', String(caller.pid), '-m', 'mount', '-t', 'tmpfs', '-o', 'size=4m', 'fsvc-caller', callerTmpfs], { timeout: 10000 });
+    writeFileSync(`/proc/${caller.pid}/root${callerTmpfs}/f`, 'x');
+    const callerPidfd = sock.pidfdOpen(caller.pid);
+    const otherPidfd = sock.pidfdOpen(process.pid); // a process of another namespace (ours)
+    try {
+      const viaCaller: [string, () => number, number, 'inline' | 'closer'][] = [
+        ['a root-filesystem file of the caller namespace, with its pidfd', () => openSync(`/proc/${caller.pid}/root${path.join(dir, 'plain')}`, 'r'), callerPidfd, 'inline'],
+        // The caller could unmount its own tmpfs lazily before our close, which would then free
+        // the whole filesystem on the broker's thread: a closer's, even when found.
+        ['a tmpfs file only the caller namespace has, with its pidfd', () => openSync(`/proc/${caller.pid}/root${callerTmpfs}/f`, 'r'), callerPidfd, 'closer'],
+        ['a root-filesystem file of the caller namespace, without a pidfd', () => openSync(`/proc/${caller.pid}/root${path.join(dir, 'plain')}`, 'r'), -1, 'closer'],
+        ['the same, with the pidfd of a process of another namespace', () => openSync(`/proc/${caller.pid}/root${path.join(dir, 'plain')}`, 'r'), otherPidfd, 'closer'],
+        ['a file on the FUSE mount, with the caller pidfd', () => openSync(path.join(fuseMnt, 'f'), 'r'), callerPidfd, 'closer'],
+        ['a file of an overlay over the FUSE mount, with the caller pidfd', () => openSync(path.join(ovlFuse, 'f'), 'r'), callerPidfd, 'closer'],
+        ['a lazily unmounted tmpfs file, with the caller pidfd', () => {
+          const g = path.join(dir, 'gone2');
+          mkdirSync(g);
+          spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'fsvc-gone2', g], { timeout: 10000 });
+          writeFileSync(path.join(g, 'f'), 'x');
+          const fd = openSync(path.join(g, 'f'), 'r');
+          spawnSync('umount', ['-l', g], { timeout: 10000 });
+          return fd;
+        }, callerPidfd, 'closer'],
+      ];
+      for (const [what, open, pidfd, want] of viaCaller) {
+        const verdict = drop(open(), pidfd);
+        if (verdict !== want) got.push(`${what}: ${verdict}, expected ${want}`);
+      }
+    } finally {
+      sock.close(callerPidfd);
+      sock.close(otherPidfd);
+      spawnSync('nsenter', ['-t', String(caller.pid), '-m', 'umount', callerTmpfs], { timeout: 10000 });
+    }
+    assert.equal(got, [], 'with a pidfd, every kind went where the allow-list says');
     // The closers (FUSE server running) all finish.
     await waitFor('this process\'s closers finished', () => sock.closersAlive(TAG) === 0, 10000);
   } finally {
