@@ -12,11 +12,11 @@ import { writeHangDef } from '../lib/hang.js';
 const READY_MS = 1500;
 const STOP_MS = 2000;
 
-async function setup(mode: string) {
+async function setup(mode: string, daemonizes = false) {
   const dir = tmpdir();
   const serverDir = path.join(dir, 'server');
   mkdirSync(serverDir);
-  writeHangDef(serverDir, { type: 'hang', mode, readyMs: READY_MS, stopMs: STOP_MS });
+  writeHangDef(serverDir, { type: 'hang', mode, readyMs: READY_MS, stopMs: STOP_MS, daemonizes });
   const broker = await startBroker({ config: { server_dir: serverDir, fstypes: ['hang'], pool_size: 0 } });
   const caller = await newCaller();
   const src = path.join(dir, 'source');
@@ -44,8 +44,8 @@ function logs(runtimeDir: string): string {
 type Hang = Awaited<ReturnType<typeof setup>>;
 
 /** A broker serving test/native/fuse-hang in MODE for BODY; everything it made goes after. */
-async function withHang(mode: string, body: (t: Hang) => Promise<void>): Promise<void> {
-  const t = await setup(mode);
+async function withHang(mode: string, body: (t: Hang) => Promise<void>, daemonizes = false): Promise<void> {
+  const t = await setup(mode, daemonizes);
   try {
     await body(t);
   } finally {
@@ -82,6 +82,45 @@ test('an INIT-only server: the mount ends by the ready deadline, nothing left', 
     await waitFor('no launcher, server or checker', () => left(t.broker).length === 0, 5000);
     assert.equal(t.caller.fuseMounts(), []);
   }),
+);
+
+// `daemonizes` puts the launcher's reaper at pid 1 of the sandbox and the server below it: the
+// same deadlines must hold with one more process between the launcher and the hung server.
+test('an INIT-only server of a daemonizing definition (reaper at pid 1): ends by the ready deadline, no reaper, server or mount left; the broker still serves', () =>
+  withHang(
+    'init',
+    async (t) => {
+      const t0 = Date.now();
+      const m = await mountHang(t);
+      const took = Date.now() - t0;
+      assert.is.not(m.exitCode, 0);
+      assert.match(m.stderr, /ETIMEDOUT_SERVER/);
+      assert.ok(took < READY_MS + 6000, `took ${took} ms`);
+      assert.match(readFileSync(path.join(t.dir, 'server', 'hang.json'), 'utf8'), /"daemonizes":true/);
+      await waitFor('no launcher, reaper, server or checker', () => left(t.broker).length === 0, 5000);
+      assert.equal(t.caller.fuseMounts(), []);
+      const l = await t.caller.run(clientArgs(t.broker.socket, 'list'), { timeout: 10000 });
+      assert.is(l.exitCode, 0, l.stderr);
+    },
+    true,
+  ),
+);
+
+test('a daemonizing definition whose server stops answering after ready: unmount returns, the instance (reaper too) ends, nothing left', () =>
+  withHang(
+    'ready',
+    async (t) => {
+      await mounted(t);
+      assert.match(logs(t.broker.runtimeDir), /under the reaper, pid \d+/, 'the server really runs under the reaper');
+      const t0 = Date.now();
+      const u = await unmountHang(t);
+      assert.is(u.exitCode, 0, u.stderr);
+      assert.equal(t.caller.fuseMounts(), []);
+      await waitFor('the instance to end', () => left(t.broker).length === 0, STOP_MS + 3000);
+      assert.ok(Date.now() - t0 < STOP_MS + 3000, `took ${Date.now() - t0} ms`);
+    },
+    true,
+  ),
 );
 
 test('a server that stops answering after ready: unmount returns, the instance ends, nothing left', () =>

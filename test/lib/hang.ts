@@ -4,7 +4,7 @@ import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { NATIVE, ROOT } from './harness.js';
 
-export type HangDef = { type: string; mode: string; readyMs: number; stopMs: number };
+export type HangDef = { type: string; mode: string; readyMs: number; stopMs: number; daemonizes?: boolean };
 
 /** Writes SERVER_DIR/TYPE.json serving fstype TYPE with `fuse-hang MODE` (sandbox: fuse2fs's). */
 export function writeHangDef(serverDir: string, d: HangDef, sandbox = path.relative(serverDir, path.join(ROOT, 'server', 'fuse2fs.sandbox'))): void {
@@ -23,6 +23,7 @@ export function writeHangDef(serverDir: string, d: HangDef, sandbox = path.relat
       paths: [{ src: path.join(NATIVE, 'fuse-hang'), dst: '/opt/fuse-hang' }],
       readyTimeoutMs: d.readyMs,
       stopTimeoutMs: d.stopMs,
+      ...(d.daemonizes ? { daemonizes: true } : {}),
     }),
   );
 }
