@@ -7,6 +7,19 @@ import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { clientArgs, instanceProcesses, makeDir, makeImage, newCaller, startBroker, tmpdir, waitFor, madeRuntimeDir, type Broker, type Caller } from './lib/harness.js';
 
+/** The end of every test here: the processes it killed or stopped, its broker, any mount left in
+ * the caller's namespace, the caller and the directory; each step runs even when one before failed. */
+async function teardown(dir: string, broker: Broker | undefined, caller: Caller | undefined, pids: (number | undefined)[] = []): Promise<void> {
+  for (const pid of pids) if (pid) try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+  try {
+    await broker?.stop();
+  } finally {
+    for (const m of caller?.fuseMounts() ?? []) await caller!.run(['umount', '-l', m], { uid: 0 }).catch(() => undefined);
+    await caller?.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 test('a mount left dead by a killed launcher is listed and its owner can unmount it', async () => {
   const dir = tmpdir();
   let broker: Broker | undefined;
@@ -46,9 +59,7 @@ test('a mount left dead by a killed launcher is listed and its owner can unmount
     assert.match(broker.logs(), /detached the dead mount/);
     assert.equal(JSON.parse((await caller.run(clientArgs(broker.socket, '--json', 'list'))).stdout).mounts, []);
   } finally {
-    await broker?.stop();
-    await caller?.close();
-    rmSync(dir, { recursive: true, force: true });
+    await teardown(dir, broker, caller);
   }
 });
 
@@ -93,11 +104,7 @@ test('a launcher killed after it detached its mount (its server still flushing) 
     assert.not.match(rows[0].reason, /left dead/);
     await waitFor('its files collected once its owner saw it', () => !existsSync(state) && !existsSync(path.join(runtimeDir, 'instances', `${id}.json`)), 5000);
   } finally {
-    if (server) try { process.kill(server, 'SIGKILL'); } catch { /* gone */ }
-    await broker?.stop();
-    for (const m of caller?.fuseMounts() ?? []) await caller!.run(['umount', '-l', m], { uid: 0 });
-    await caller?.close();
-    rmSync(dir, { recursive: true, force: true });
+    await teardown(dir, broker, caller, [server]);
   }
 });
 
@@ -143,11 +150,7 @@ test('an unmount cut short by a SIGKILL of the launcher before it detached is no
     assert.equal(JSON.parse((await caller.run(clientArgs(broker.socket, '--json', 'list'))).stdout).mounts, [], 'collected once reported');
     await waitFor('its files collected', () => !existsSync(path.join(runtimeDir, 'instances', `${id}.json`)), 5000);
   } finally {
-    if (launcherPid) try { process.kill(launcherPid, 'SIGKILL'); } catch { /* gone */ }
-    await broker?.stop();
-    for (const m of caller?.fuseMounts() ?? []) await caller!.run(['umount', '-l', m], { uid: 0 });
-    await caller?.close();
-    rmSync(dir, { recursive: true, force: true });
+    await teardown(dir, broker, caller, [launcherPid]);
   }
 });
 
@@ -198,10 +201,7 @@ test('unmount by path picks the instance whose recorded mount point it is: a sta
     const left = (JSON.parse((await caller.run(clientArgs(broker.socket, '--json', 'list'))).stdout).mounts as { id: number }[]).map((r) => r.id);
     assert.ok(left.includes(5) && left.includes(6), 'the stale records are still there, untouched');
   } finally {
-    await broker?.stop();
-    for (const m of caller?.fuseMounts() ?? []) await caller!.run(['umount', '-l', m], { uid: 0 });
-    await caller?.close();
-    rmSync(dir, { recursive: true, force: true });
+    await teardown(dir, broker, caller);
   }
 });
 

@@ -68,19 +68,24 @@ test('pool_size 0: a launcher is spawned for each request', () =>
     assert.is(pooled(broker), 0);
   }));
 
+/** Launchers whose log is in runtimeDir (a pool's own, made by the test without a broker). */
+function launchersOf(runtimeDir: string): { pid: number; comm: string }[] {
+  return processes(['fuse-svc-launch']).filter((p) => {
+    try {
+      return readlinkSync(`/proc/${p.pid}/fd/2`).startsWith(runtimeDir + '/');
+    } catch {
+      return false;
+    }
+  });
+}
+
 test('a pooled launcher found dead at claim time (before its exit was polled) leaves no watcher on its closed pidfd', async () => {
   const runtimeDir = madeRuntimeDir();
   const pool = new LauncherPool(path.join(NATIVE, 'fuse-svc-launcher'), new InstanceDir(runtimeDir), 1, async () => []);
   const opened: number[] = [];
   try {
     pool.fill();
-    const mine = () => processes(['fuse-svc-launch']).filter((p) => {
-      try {
-        return readlinkSync(`/proc/${p.pid}/fd/2`).startsWith(runtimeDir + '/');
-      } catch {
-        return false;
-      }
-    });
+    const mine = () => launchersOf(runtimeDir);
     await waitFor('the pooled launcher', () => mine().length === 1, 10000);
     // Joined: it said so on its socket (no cgroups here, so at once).
     await new Promise((r) => setTimeout(r, 300));
@@ -127,13 +132,7 @@ test('a claim that fails after the pooled launcher\'s cgroups took the instance\
   const pool: LauncherPool = new LauncherPool(path.join(NATIVE, 'fuse-svc-launcher'), new InstanceDir(runtimeDir), 1, (poolId) => instanceCgroups(cfg, poolId, limits, () => [id, ...pool.ids()]), new PoolIds());
   try {
     pool.fill();
-    const mine = () => processes(['fuse-svc-launch']).filter((p) => {
-      try {
-        return readlinkSync(`/proc/${p.pid}/fd/2`).startsWith(runtimeDir + '/');
-      } catch {
-        return false;
-      }
-    });
+    const mine = () => launchersOf(runtimeDir);
     // Joined: its /proc/PID/cgroup names a pool cgroup of this runtime dir.
     const poolCg = new RegExp(`/${parentName(runtimeDir)}/[0-9a-f]{8}-1\\d{9,}`);
     await waitFor('the pooled launcher in its cgroups', () => mine().length === 1 && poolCg.test(readFileSync(`/proc/${mine()[0].pid}/cgroup`, 'utf8')), 10000);
