@@ -12,7 +12,7 @@ import { randomBytes } from 'node:crypto';
 import { execa } from 'execa';
 import { DEFAULTS } from '../supervisor/config.js';
 import { ROOT, clientArgs, instanceProcesses, makeDir, makeImage, newCaller, procStatus, startBroker, tmpdir, waitFor, type Broker, type Caller } from './lib/harness.js';
-import { makeTree } from './lib/servers.js';
+import { failedStart, makeTree } from './lib/servers.js';
 
 const SERVER_DIR = path.join(ROOT, 'server');
 const fuse2fsDef = () => JSON.parse(readFileSync(path.join(SERVER_DIR, 'fuse2fs.json'), 'utf8')) as Record<string, unknown>;
@@ -259,15 +259,8 @@ t('a daemonizing server attacks its reaper (pid 1): SIGKILL and SIGSTOP are drop
   let b: Broker | undefined;
   try {
     b = await startBroker({ config: { server_dir: d, pool_size: 0 } });
-    const src = path.join(dir, 'hostile.src');
-    writeFileSync(src, 'x');
-    await execa('chown', ['1000:1000', src]);
-    const mnt = makeDir(path.join(dir, 'hostile-mnt'));
-    const m = await caller.run(clientArgs(b.socket, 'mount', '-t', 'hostile', '-o', 'ro', src, mnt));
-    assert.is(m.exitCode, 2, m.stderr);
+    const { m, log } = await failedStart(b, caller, dir, 'hostile');
     assert.match(m.stderr, /ESERVER_START/);
-    const where: string = await waitFor('the failed start in the broker log', () => /start failed: .*; whole log: (\S+)/.exec(b!.logs())?.[1] ?? '', 10000);
-    const log = readFileSync(where, 'utf8');
     const probe = Object.fromEntries([...log.matchAll(/^probe (\S+) (.*)$/gm)].map((x) => [x[1], x[2]]));
     assert.is(probe.pid, '2', `the server is pid 2 under the reaper:\n${log}`);
     assert.is(probe.ppid, '1');

@@ -14,7 +14,7 @@ import { keepFailedLog } from '../supervisor/failed-logs.js';
 import { readdirSync, readlinkSync } from 'node:fs';
 import { DEFAULTS } from '../supervisor/config.js';
 import { DAEMON, ROOT, clientArgs, instanceProcesses, makeDir, makeImage, newCaller, procStatus, startBroker, tmpdir, waitFor, type Broker, type Caller } from './lib/harness.js';
-import { instanceTree, makeFormatImage, makeTree, type Format } from './lib/servers.js';
+import { failedStart, instanceTree, makeFormatImage, makeTree, type Format } from './lib/servers.js';
 
 const SERVER_DIR = path.join(ROOT, 'server');
 const POLICY_DIR = path.join(ROOT, 'policies', 'seccomp');
@@ -154,16 +154,9 @@ defs('a failed start keeps its whole log (RUNDIR/failed/ID.log), not two lines; 
   try {
     broker = await startBroker({ config: { server_dir: d, pool_size: 0 } });
     caller = await newCaller();
-    const src = path.join(dir, 'chatty.src');
-    writeFileSync(src, 'x');
-    await execa('chown', ['1000:1000', src]);
-    const mnt = makeDir(path.join(dir, 'chatty-mnt'));
-    const m = await caller.run(clientArgs(broker.socket, 'mount', '-t', 'chatty', '-o', 'ro', src, mnt));
-    assert.is(m.exitCode, 2, m.stderr);
+    const { m, where, log: text } = await failedStart(broker, caller, dir, 'chatty');
     assert.match(m.stderr, /ESERVER_START/);
-    const where: string = await waitFor('the failed start in the broker log', () => /start failed: .*; whole log: (\S+)/.exec(broker!.logs())?.[1] ?? '', 10000);
     assert.ok(where.startsWith(path.join(broker.runtimeDir, 'failed') + '/'), where);
-    const text = readFileSync(where, 'utf8');
     for (const n of [1, 2, 150, 299, 300]) assert.ok(text.includes(`chatty line ${n}\n`), `line ${n} is kept`);
     assert.is((await execa('stat', ['-c', '%a %u', where])).stdout, '600 0', 'root-only');
     assert.not.ok(readdirSync(path.join(broker.runtimeDir, 'instances')).some((n) => /^\d+\.(json|state|log)$/.test(n)), 'the instance files are gone');
@@ -215,14 +208,7 @@ defs('the /dev/fuse hand-over (fuseFd notify): one open gets the FUSE fd, a seco
   try {
     broker = await startBroker({ config: { server_dir: d, pool_size: 0 } });
     caller = await newCaller();
-    const src = path.join(dir, 'grabby.src');
-    writeFileSync(src, 'x');
-    await execa('chown', ['1000:1000', src]);
-    const mnt = makeDir(path.join(dir, 'grabby-mnt'));
-    const m = await caller.run(clientArgs(broker.socket, 'mount', '-t', 'grabby', '-o', 'ro', src, mnt));
-    assert.is(m.exitCode, 2, m.stderr);
-    const where: string = await waitFor('the failed start in the broker log', () => /start failed: .*; whole log: (\S+)/.exec(broker!.logs())?.[1] ?? '', 10000);
-    const log = readFileSync(where, 'utf8');
+    const { m, log } = await failedStart(broker, caller, dir, 'grabby');
     const probe = Object.fromEntries([...log.matchAll(/^probe (\S+) (.*)$/gm)].map((x) => [x[1], x[2]]));
     assert.match(probe.open1 ?? '', /^\d+$/, log);
     assert.is(probe.open2, 'No such device');

@@ -4,7 +4,8 @@ import { chmodSync, chownSync, mkdirSync, readdirSync, readFileSync, readlinkSyn
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { execa } from 'execa';
-import { USER } from './harness.js';
+import * as assert from 'uvu/assert';
+import { USER, clientArgs, makeDir, waitFor, type Broker, type Caller } from './harness.js';
 
 /** A small tree with nested directories, a name with a space and a 3 MiB random file; owned by uid. */
 export async function makeTree(dir: string, uid = USER): Promise<string> {
@@ -68,4 +69,20 @@ export function instanceTree(runtimeDir: string, o: { pooled?: boolean } = {}): 
     for (const p of all) if (!mine.has(p.pid) && mine.has(p.ppid)) (mine.add(p.pid), (grew = true));
   }
   return all.filter((p) => mine.has(p.pid)).map(({ pid, comm }) => ({ pid, comm }));
+}
+
+/**
+ * A mount of TYPE by `caller` (uid 1000, source and mount point made here) that must fail to
+ * start: asserts exit 2, then returns the client's result and the kept whole log of the failed
+ * start (RUNDIR/failed/ID.log), which the broker names in its log line.
+ */
+export async function failedStart(broker: Broker, caller: Caller, dir: string, type: string): Promise<{ m: { exitCode?: number; stdout: string; stderr: string }; where: string; log: string }> {
+  const src = path.join(dir, `${type}.src`);
+  writeFileSync(src, 'x');
+  chownSync(src, USER, USER);
+  const mnt = makeDir(path.join(dir, `${type}-mnt`));
+  const m = await caller.run(clientArgs(broker.socket, 'mount', '-t', type, '-o', 'ro', src, mnt));
+  assert.is(m.exitCode, 2, m.stderr);
+  const where: string = await waitFor('the failed start in the broker log', () => /start failed: .*; whole log: (\S+)/.exec(broker.logs())?.[1] ?? '', 10000);
+  return { m, where, log: readFileSync(where, 'utf8') };
 }
