@@ -406,9 +406,10 @@ static bool peer_pid_is_caller(int pidfd, const struct ucred *cred, unsigned lon
     if (n <= 0)
         return false;
     buf[n] = 0;
+    /* SO_PEERCRED's uid is the effective uid at connect (a setuid helper's 0): compare that. */
     char *uid_line = strstr(buf, "\nUid:");
-    unsigned long real_uid;
-    if (!uid_line || sscanf(uid_line + 5, "%lu", &real_uid) != 1 || real_uid != (unsigned long)cred->uid)
+    unsigned long real_uid, eff_uid;
+    if (!uid_line || sscanf(uid_line + 5, "%lu %lu", &real_uid, &eff_uid) != 2 || eff_uid != (unsigned long)cred->uid)
         return false;
     return syscall(SYS_pidfd_send_signal, pidfd, 0, NULL, 0) == 0;
 }
@@ -888,14 +889,16 @@ static int drop_fds(const int *fds, size_t n, int64_t tag, int caller_pidfd, siz
         *nslow_out = nslow;
     closers_reap();
     if (closer_share > 0 && (int64_t)closers_of(tag) >= closer_share) {
-        if (n_waiting + nslow > MAX_PENDING)
-            return EAGAIN;
-        for (size_t i = 0; i < nslow; i++) {
-            waiting[n_waiting].fd = slow[i];
-            waiting[n_waiting].tag = tag;
-            n_waiting++;
+        if (n_waiting + nslow <= MAX_PENDING) {
+            for (size_t i = 0; i < nslow; i++) {
+                waiting[n_waiting].fd = slow[i];
+                waiting[n_waiting].tag = tag;
+                n_waiting++;
+            }
+            return 0;
         }
-        return 0;
+        /* The table is full (many uids at their share): a closer beyond this tag's share
+         * rather than a close on this thread; MAX_CLOSERS still bounds them all. */
     }
     return closer_start(slow, nslow, tag);
 }
@@ -1116,11 +1119,15 @@ static napi_value Recv(napi_env env, napi_callback_info info) {
         }
     }
 
-    /* tag < 0: not a caller's descriptors (a client, a test): close them here. */
-    if (nextra && (tag < 0 || drop_fds(extra, nextra, tag, -1, NULL) != 0)) {
-        /* No closer could be started: keeping them would leak; closing here may block. Close. */
+    /* tag < 0: not a caller's descriptors (a client, a test): close them here. A caller's go to
+     * drop_fds; if not even a closer can be started (MAX_CLOSERS, the process limit), they stay
+     * open: a leak bounded by our descriptor limit (accept backs off at EMFILE) instead of a
+     * close that may wait for the caller's stopped FUSE server with every other caller. */
+    if (nextra && tag < 0) {
         for (size_t i = 0; i < nextra; i++)
             close(extra[i]);
+    } else if (nextra) {
+        (void)drop_fds(extra, nextra, tag, -1, NULL);
     }
     bool ok = napi_create_object(env, &result) == napi_ok &&
               napi_create_buffer_copy(env, (size_t)n, data, NULL, &buffer) == napi_ok &&
@@ -1136,9 +1143,12 @@ static napi_value Recv(napi_env env, napi_callback_info info) {
          set_bool(env, result, "truncated", truncated) &&
          set_bool(env, result, "eof", n == 0 && nfds == 0 && !truncated);
     if (!ok) {
-        if (tag < 0 || drop_fds(fds, nfds, tag, -1, NULL) != 0)
+        if (tag < 0) {
             for (size_t i = 0; i < nfds; i++)
                 close(fds[i]);
+        } else {
+            (void)drop_fds(fds, nfds, tag, -1, NULL); /* as above: never a close here */
+        }
         throw_napi_failure(env, "building the recv result");
         return NULL;
     }
