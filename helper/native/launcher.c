@@ -1051,9 +1051,9 @@ static void spec_record(char **f, unsigned n)
 			r.args[r.nargs++] = spec_seccomp_arg(f[i]);
 		APPEND(S.rules, S.nrules, r);
 	} else if (!strcmp(k, "seccomp_program")) {
+		NF(4, 4); /* before f[1] is read: a one-field record has none */
 		struct seccomp_program *p = !strcmp(f[1], "policy") ? &S.prog_policy
 					  : !strcmp(f[1], "notify") ? &S.prog_notify : NULL;
-		NF(4, 4);
 		if (!p)
 			spec_error("seccomp_program: kind %s is neither policy nor notify", f[1]);
 		if (p->insns)
@@ -2945,11 +2945,16 @@ static void wait_for_exec(int err_rd)
 	char buf[800];
 	size_t len = 0;
 	ssize_t n;
+	long long until = clock_ms(CLOCK_MONOTONIC) + 10000;
 	for (;;) {
 		/* seccomp_profile: the child's last calls before its exec wait for our answers */
 		if (S.profile && G.notify_fd >= 0) {
 			struct pollfd p[2] = {{.fd = err_rd, .events = POLLIN}, {.fd = G.notify_fd, .events = POLLIN}};
-			if (poll(p, 2, -1) < 0) {
+			long long left = until - clock_ms(CLOCK_MONOTONIC);
+			int r = left > 0 ? poll(p, 2, (int)left) : 0;
+			if (r == 0)
+				fail("ESANDBOX", "seccomp_profile: the sandbox did not exec the server within 10 s");
+			if (r < 0) {
 				if (errno == EINTR)
 					continue;
 				die_errno("EINTERNAL", "poll(sandbox error pipe)");
@@ -4010,10 +4015,13 @@ static bool holds_devfuse(pid_t pid)
  * found breadth-first from the reaper through /proc/PID/task/TID/children (host pids; the
  * cgroup's pids.max bounds the walk). 0 if none holds it (the reaper's pid is named then).
  */
+/* The sandbox process holding the FUSE fd; 0 if none; -1 when the walk could not see the whole
+ * tree (too many processes, a children list longer than the buffer): never read as "none". */
 static pid_t find_serving_pid(void)
 {
 	pid_t queue[256];
 	size_t head = 0, tail = 0;
+	bool partial = false;
 	queue[tail++] = G.server_pid;
 	while (head < tail) {
 		pid_t p = queue[head++];
@@ -4037,13 +4045,20 @@ static pid_t find_serving_pid(void)
 			close(fd);
 			if (n <= 0)
 				continue;
+			if ((size_t)n == sizeof buf - 1)
+				partial = true; /* maybe cut: the last pid may be wrong, others unread */
 			buf[n] = '\0';
-			for (char *tok = strtok(buf, " \n"); tok && tail < sizeof queue / sizeof queue[0]; tok = strtok(NULL, " \n"))
+			for (char *tok = strtok(buf, " \n"); tok; tok = strtok(NULL, " \n")) {
+				if (tail == sizeof queue / sizeof queue[0]) {
+					partial = true;
+					break;
+				}
 				queue[tail++] = (pid_t)atoi(tok);
+			}
 		}
 		closedir(d);
 	}
-	return 0;
+	return partial ? -1 : 0;
 }
 
 static void on_checker_done(void)
@@ -4123,8 +4138,10 @@ static void on_checker_done(void)
 	close_fd(&G.mntfd);
 	if (S.reaper) {
 		G.serving_pid = find_serving_pid();
+		if (G.serving_pid < 0)
+			G.serving_pid = 0;
 		if (!G.serving_pid)
-			logmsg("reaper: no process of the sandbox holds the FUSE fd at ready");
+			logmsg("reaper: no process of the sandbox holds the FUSE fd at ready (or too many to tell)");
 		holder_check = now_ms() + HOLDER_CHECK_MS;
 	}
 	pid_t named = G.serving_pid ? G.serving_pid : G.server_pid;
@@ -4218,7 +4235,11 @@ static void on_timeouts(void)
 	 * one the connection is aborted for good: the instance is over even if a helper lingers */
 	if (holder_check && now >= holder_check) {
 		holder_check = G.phase == PHASE_RUNNING ? now + HOLDER_CHECK_MS : 0;
-		if (holder_check && G.server_pidfd >= 0 && !find_serving_pid()) {
+		/* Two misses in a row, a check apart: a daemonizing hand-over (parent exits, child
+		 * reparented) seen half-way by one walk must not end a serving instance. */
+		static int misses;
+		misses = holder_check && G.server_pidfd >= 0 && find_serving_pid() == 0 ? misses + 1 : 0;
+		if (misses >= 2) {
 			holder_check = 0;
 			G.fuse_unheld = true;
 			logmsg("reaper: no process of the sandbox holds the FUSE connection any more: ending the instance (SIGKILL to the rest)");
