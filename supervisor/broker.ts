@@ -370,14 +370,20 @@ export class Broker {
     return this.instances.get(id);
   }
 
+  /** The definition serving `fstype`, if the configuration allows it; EFSTYPE otherwise. */
+  private servedBy(fstype: string): ServerDef {
+    if (!this.cfg.fstypes.includes(fstype)) throw new RequestError('EFSTYPE', `filesystem type "${oneLine(fstype, 40)}" is not allowed (allowed: ${this.cfg.fstypes.join(', ')})`);
+    const server = this.servers.get(fstype);
+    if (!server) throw new RequestError('EFSTYPE', `no server definition serves "${fstype}"`);
+    return server;
+  }
+
   private async mount(caller: Caller, req: MountRequest, fds: number[], extra: { allowOther?: boolean } = {}): Promise<{ reply: Reply; rollback: () => Promise<void> }> {
     if (caller.pidfd < 0) {
       if (caller.pidfdError === 'EPIDREUSED') throw new RequestError('EPEER', `the caller's pid ${caller.pid} names another process now (it exited before its request was read); nothing was done`);
       throw new RequestError('EPEER', 'the kernel gave no pidfd for the caller (it may be in a pid namespace the broker cannot see, on a kernel before 6.5)');
     }
-    if (!this.cfg.fstypes.includes(req.fstype)) throw new RequestError('EFSTYPE', `filesystem type "${oneLine(req.fstype, 40)}" is not allowed (allowed: ${this.cfg.fstypes.join(', ')})`);
-    const server = this.servers.get(req.fstype);
-    if (!server) throw new RequestError('EFSTYPE', `no server definition serves "${req.fstype}"`);
+    const server = this.servedBy(req.fstype);
     // A transport server (sshfs) takes a connected socket where an image server takes its image;
     // either descriptor sits at the source's place in the launcher's layout.
     const transport = server.source === 'transport';
@@ -412,9 +418,10 @@ export class Broker {
     if (this.stopping) throw new RequestError('ESHUTDOWN');
     this.rateLimit(caller.uid);
     if (caller.pidfd < 0) throw new RequestError('EPEER', 'the kernel gave no pidfd for the helper');
-    if (!this.cfg.fstypes.includes(req.fstype)) throw new RequestError('EFSTYPE', `filesystem type "${oneLine(req.fstype, 40)}" is not allowed (allowed: ${this.cfg.fstypes.join(', ')})`);
-    const server = this.servers.get(req.fstype);
-    if (!server) throw new RequestError('EFSTYPE', `no server definition serves "${req.fstype}"`);
+    const server = this.servedBy(req.fstype);
+    // The helper opens files, never a transport: a transport server's connection must be the
+    // connected socket checkTransport proves, which this door cannot carry.
+    if (server.source === 'transport') throw new RequestError('ESOURCE_KIND', `${server.name} serves no image: it takes a transport (fuse-svc-request mount --via COMMAND), not the upstream helper`);
     caller.groups = callerGroups(caller.pidfd, caller.gid);
     const opts = parseMountOptions(req.options, server, caller, this.cfg);
     const sourceFd = await helper.openSource(opts.readOnly);

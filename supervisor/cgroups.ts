@@ -26,6 +26,9 @@ import type { Config } from './config.js';
 import { log } from './log.js';
 import type { ServerDef } from './servers.js';
 
+/** Ids from here up are idle pooled launchers' (supervisor/pool.ts), never instances'. */
+export const POOL_ID_BASE = 1_000_000_000;
+
 export type Hierarchy = {
   /** 'v1' (one or more controllers) or 'v2' (the unified hierarchy). */
   kind: 'v1' | 'v2';
@@ -315,7 +318,7 @@ export async function removeParentsAtExit(runtimeDir: string): Promise<void> {
         continue; // none here
       }
       const ids = names.map((n) => Number(pattern.exec(n)?.[1] ?? NaN));
-      if (ids.some((id) => !(id >= 1_000_000_000))) continue; // an instance (or a stranger) lives here
+      if (ids.some((id) => !(id >= POOL_ID_BASE))) continue; // an instance (or a stranger) lives here
       removeCgroups(names.map((n) => path.join(parent, n)));
       removeCgroups([parent]);
       if (existsSync(parent)) waiting = true;
@@ -344,7 +347,7 @@ export function existingInstanceCgroups(runtimeDir: string, withPool = false): s
     const parent = path.join(h.base, parentName(runtimeDir));
     try {
       // Not those of idle pooled launchers (ids from 1e9, supervisor/pool.ts): stock, not instances.
-      for (const n of readdirSync(parent)) if (pattern.test(n) && (withPool || Number(pattern.exec(n)![1]) < 1_000_000_000)) out.push(path.join(parent, n));
+      for (const n of readdirSync(parent)) if (pattern.test(n) && (withPool || Number(pattern.exec(n)![1]) < POOL_ID_BASE)) out.push(path.join(parent, n));
     } catch {
       /* none */
     }

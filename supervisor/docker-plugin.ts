@@ -6,7 +6,7 @@
 // docs/deploy.md "Docker volume driver" is the manual; docs/security.md says why it is safe.
 import http from 'node:http';
 import net from 'node:net';
-import { chmodSync, constants as fsc, fstatSync, lstatSync, readFileSync, readdirSync, rmdirSync, unlinkSync } from 'node:fs';
+import { chmodSync, constants as fsc, lstatSync, readFileSync, readdirSync, rmdirSync, unlinkSync } from 'node:fs';
 import path from 'node:path';
 import * as sock from '../helper/native/socket.js';
 import type { Config } from './config.js';
@@ -588,10 +588,11 @@ export function openSource(source: string, readOnly: boolean): number {
   } finally {
     sock.close(dir);
   }
-  const st = fstatSync(fd);
-  if (!st.isFile() && !st.isBlockDevice()) {
-    sock.close(fd);
-    throw sourceError('EVOLUME_SOURCE', `source ${source} is ${st.isDirectory() ? 'a directory' : 'neither a regular file nor a block device'}`);
+  // statx(AT_STATX_DONT_SYNC) through fdInfo: an fstat would send GETATTR to a FUSE server.
+  const type = sock.fdInfo(fd).type;
+  if (type !== 'file' && type !== 'blk') {
+    dropCallerFds([fd], 0);
+    throw sourceError('EVOLUME_SOURCE', `source ${source} is ${type === 'dir' ? 'a directory' : 'neither a regular file nor a block device'}`);
   }
   return fd;
 }

@@ -9,6 +9,7 @@ import { renderSpec, type SpecRecord } from './launch-spec.js';
 import { withPrecompiledSeccomp } from './seccomp-programs.js';
 import { log } from './log.js';
 import { checkRootDir, createFileNoFollow, openDirNoFollow, openSubdir, readFileNoFollow, writeFileNoFollow } from './safefile.js';
+import { POOL_ID_BASE } from './cgroups.js';
 
 export type InstanceRecord = {
   id: number;
@@ -192,7 +193,7 @@ export class InstanceDir {
     for (const n of readdirSync(this.dir)) {
       const m = /^(\d+)\./.exec(n);
       // Ids from 1e9 up are pooled launchers' and (without a broker) time-based unit ids.
-      if (m && Number(m[1]) < 1e9) out.add(Number(m[1]));
+      if (m && Number(m[1]) < POOL_ID_BASE) out.add(Number(m[1]));
     }
     return [...out];
   }

@@ -200,7 +200,8 @@ async function run(a: RunArgs): Promise<void> {
   broker.start();
   units?.start();
   // After the units: a socket a unit names explicitly is the unit's.
-  const upstream = cfg.upstreamSockets ? new UpstreamSockets(cfg, broker, cfg.fstypes.filter((t) => servers.has(t))) : undefined;
+  // Image types only: upstream's helper hands over files it opened, never a transport (sshfs).
+  const upstream = cfg.upstreamSockets ? new UpstreamSockets(cfg, broker, cfg.fstypes.filter((t) => servers.has(t) && servers.get(t)!.source !== 'transport')) : undefined;
   try {
     orExitInsecure(() => upstream?.start());
   } catch (e) {

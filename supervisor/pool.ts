@@ -5,14 +5,14 @@
 import { closeSync, openSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import * as sock from '../helper/native/socket.js';
-import { CgroupError, removeCgroups } from './cgroups.js';
+import { CgroupError, POOL_ID_BASE, removeCgroups } from './cgroups.js';
 import { onPidfdExit, readReady, type InstanceDir, type LaunchResult } from './instances.js';
 import { log } from './log.js';
 import { renderSpec, type SpecRecord } from './launch-spec.js';
 import { withPrecompiledSeccomp } from './seccomp-programs.js';
 
 /** Ids for the cgroups of pooled launchers: far above instance ids, never the same. */
-export const POOL_ID_BASE = 1_000_000_000;
+export { POOL_ID_BASE };
 
 /**
  * Pool ids: one counter for the pools of every server definition (so two definitions never

@@ -292,7 +292,7 @@ class Conversation {
       if (this.waiting) clearTimeout(this.waiting.timer);
       // Never close() a caller's descriptor here (fdsafe.ts): a source on the caller's own FUSE
       // mount could hold this thread in FLUSH.
-      dropCallerFds(this.fds, this.uid < 0 ? this.peer.uid : this.uid);
+      dropCallerFds(this.fds, this.uid < 0 ? this.peer.uid : this.uid, this.peer.pidfd);
       closePeer(this.peer);
       releaseConn?.();
     }

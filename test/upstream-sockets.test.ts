@@ -35,7 +35,8 @@ async function listAs(uid: number): Promise<Array<{ id: number; owner_uid: numbe
 s.before(async () => {
   dir = tmpdir('fuse-svc-upstream-');
   fsDir = path.join(dir, 'filesystems');
-  broker = await startBroker({ args: ['--upstream-sockets'], config: { upstream_socket_dir: fsDir, fstypes: ['ext4', 'ext2'] } });
+  // sshfs served too: a transport server, which upstream's helper (it hands over files) never reaches.
+  broker = await startBroker({ args: ['--upstream-sockets'], config: { upstream_socket_dir: fsDir, fstypes: ['ext4', 'ext2', 'sshfs'] } });
   caller = await newCaller();
   setuidHelper = installSetuidHelper(dir);
 });
@@ -89,7 +90,7 @@ s('wire format: argv bounds, helper args, HELLO/FILE/REPL decoding refuse malfor
   assert.is(decodeReply(Buffer.from('REPL\0\0\0\x0d', 'latin1')), 13);
 });
 
-s('one socket per served type, mode 0600 by default (root and setuid helpers only)', () => {
+s('one socket per served image type (none for sshfs, a transport server), mode 0600 by default (root and setuid helpers only)', () => {
   for (const t of ['ext4', 'ext2']) {
     const st = lstatSync(path.join(fsDir, t));
     assert.ok(st.isSocket(), t);
@@ -97,6 +98,9 @@ s('one socket per served type, mode 0600 by default (root and setuid helpers onl
     assert.is(st.uid, 0);
   }
   assert.not.ok(existsSync(path.join(fsDir, 'squashfs')), 'only configured types');
+  // A plain file the helper opened must never become sshfs's SFTP channel (checkTransport's
+  // connected socket is the only transport): no socket for a transport type.
+  assert.not.ok(existsSync(path.join(fsDir, 'sshfs')), 'no upstream socket for a transport server');
 });
 
 s('root: mount ext4 through the upstream socket, write, read back, umount ends the instance, e2fsck clean', async () => {
