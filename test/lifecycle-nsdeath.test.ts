@@ -11,7 +11,7 @@ import { readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { execa } from 'execa';
 import { BrokerClient, type MountInfo } from '../helper/client.js';
-import { clientArgs, instanceProcesses, makeDir, makeImage, newCaller, nsShell, sleep, startBroker, tmpdir, uidLocked, waitFor, type Broker, type NsShell } from './lib/harness.js';
+import { clientArgs, instanceProcesses, killAndWait, makeDir, makeImage, newCaller, nsShell, sleep, startBroker, tmpdir, uidLocked, waitFor, type Broker, type NsShell } from './lib/harness.js';
 
 let broker: Broker;
 let dir: string;
@@ -82,12 +82,6 @@ async function inNs(nsPath: string, argv: string[], via: string[] = []): Promise
   return { stdout: String(r.stdout), exitCode: r.exitCode ?? -1 };
 }
 
-async function killAndWait(p: ChildProcess): Promise<void> {
-  if (p.exitCode !== null || p.signalCode !== null) return;
-  const gone = new Promise((r) => p.once('exit', r));
-  p.kill('SIGKILL');
-  await Promise.race([gone, sleep(3000)]);
-}
 
 const sameNs = (pid: number, ns: string) => {
   try {

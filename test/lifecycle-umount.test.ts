@@ -10,7 +10,7 @@ import { readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { execa } from 'execa';
 import { BrokerClient } from '../helper/client.js';
-import { NATIVE, instanceProcesses, makeDir, makeImage, newCaller, sleep, startBroker, tmpdir, waitFor, type Broker, type Caller } from './lib/harness.js';
+import { NATIVE, instanceProcesses, killAndWait, makeDir, makeImage, newCaller, sleep, startBroker, tmpdir, waitFor, type Broker, type Caller } from './lib/harness.js';
 
 const CLIENT = path.join(NATIVE, 'fuse-svc-client');
 let broker: Broker;
@@ -78,8 +78,7 @@ test('`umount -l DIR`: the instance serves its last user, then ends when that us
     assert.is(await state(id), 'running', 'still serving its last user');
     assert.ok(!caller.fuseMounts().includes(mnt), 'detached from the tree');
   } finally {
-    holder.kill('SIGKILL');
-    await new Promise((r) => holder.once('exit', r));
+    await killAndWait(holder);
   }
   await endsCleanly('umount -l', id, img, mnt);
 });

@@ -18,7 +18,11 @@ async function setup(mode: string, daemonizes = false) {
   mkdirSync(serverDir);
   writeHangDef(serverDir, { type: 'hang', mode, readyMs: READY_MS, stopMs: STOP_MS, daemonizes });
   const broker = await startBroker({ config: { server_dir: serverDir, fstypes: ['hang'], pool_size: 0 } });
-  const caller = await newCaller();
+  const caller = await newCaller().catch(async (e) => {
+    await broker.stop(); // withHang's finally never sees a setup that failed half-way
+    rmSync(dir, { recursive: true, force: true });
+    throw e;
+  });
   const src = path.join(dir, 'source');
   writeFileSync(src, 'a source descriptor for the server\n');
   chownSync(src, 1000, 1000);

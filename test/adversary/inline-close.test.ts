@@ -33,7 +33,7 @@ test.before(async () => {
 });
 
 test.after(async () => {
-  for (const m of mounted.reverse()) await execa('umount', ['-l', m], { reject: false });
+  for (const m of mounted.reverse()) await execa('umount', ['--no-canonicalize', '-l', m], { reject: false, timeout: 10000 });
   await caller?.close();
   rmSync(dir, { recursive: true, force: true });
 });
@@ -257,8 +257,8 @@ test('descriptors on a stopped FUSE server, and on an overlay over it, in the br
       /* ended with the attacker */
     }
     attacker.kill('SIGKILL');
-    await execa('umount', ['-l', path.join(ovlDir, 'o')], { reject: false });
-    await execa('umount', ['-l', ownMnt], { reject: false });
+    await execa('umount', ['--no-canonicalize', '-l', path.join(ovlDir, 'o')], { reject: false, timeout: 10000 });
+    await execa('umount', ['--no-canonicalize', '-l', ownMnt], { reject: false, timeout: 10000 });
     try {
       // The stuck closes finish once the server went on; nothing is left in the broker.
       await waitFor('broker fds back to the baseline', () => fdCount(bpid) <= fds0 + 2, 20000);

@@ -9,7 +9,7 @@ import * as assert from 'uvu/assert';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { NATIVE, makeDir, makeImage, newCaller, sleep, startBroker, tmpdir, waitFor, type Broker, type Caller } from '../lib/harness.js';
+import { NATIVE, killAndWait, makeDir, makeImage, newCaller, sleep, startBroker, tmpdir, waitFor, type Broker, type Caller } from '../lib/harness.js';
 
 const CLIENT = path.join(NATIVE, 'fuse-svc-client');
 let broker: Broker;
@@ -62,8 +62,7 @@ test('a caller whose pid is reused by another uid before its request is read: EP
       }
     }, 5000);
     await sleep(300);
-    quitter.kill('SIGKILL');
-    await new Promise((r) => quitter.once('exit', r));
+    await killAndWait(quitter);
     // Give clientPid to a process of uid 1001 (ns_last_pid: the next pid is that + 1). Other
     // processes on the machine may take it first: try again a few times.
     for (let i = 0; i < 200 && !other; i++) {

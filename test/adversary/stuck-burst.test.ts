@@ -11,7 +11,7 @@ import { chownSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync 
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { execa } from 'execa';
-import { NATIVE, ROOT, fdCount, instanceProcesses, makeDir, makeImage, newCaller, sleep, startBroker, tmpdir, waitFor, type Broker, type Caller , worldFuseInCaller } from '../lib/harness.js';
+import { NATIVE, ROOT, fdCount, instanceProcesses, makeDir, makeImage, newCaller, processes, sleep, startBroker, tmpdir, waitFor, type Broker, type Caller , worldFuseInCaller } from '../lib/harness.js';
 
 const CLIENT = path.join(NATIVE, 'fuse-svc-client');
 const ATTACKER = path.join(ROOT, 'dist', 'test', 'lib', 'stuck-attacker.js');
@@ -141,13 +141,18 @@ test('descriptors on the caller\'s own stopped squashfuse: list, source, target,
   } finally {
     ask('cont');
     await Promise.race([new Promise((r) => attacker.once('exit', r)), sleep(10000)]);
-    try {
-      if (serverPid) process.kill(serverPid, 'SIGCONT');
-    } catch {
-      /* it ended with the attacker */
+    // Every squashfuse, not only the pid the attacker reported (it may never have said): a
+    // stopped one would hold the umount below and this test's process in FLUSH.
+    for (const pid of [serverPid, ...processes(['squashfuse']).map((p) => p.pid)]) {
+      try {
+        if (pid) process.kill(pid, 'SIGCONT');
+      } catch {
+        /* it ended with the attacker */
+      }
     }
     attacker.kill('SIGKILL');
-    await execa('nsenter', ['-t', String(caller.pid), '-m', '--', 'umount', '-l', ownMnt], { reject: false });
+    // --no-canonicalize: umount(8) would otherwise stat the path first, on the FUSE mount.
+    await execa('nsenter', ['-t', String(caller.pid), '-m', '--', 'umount', '--no-canonicalize', '-l', ownMnt], { reject: false, timeout: 10000 });
   }
   // The server went on: every stuck close and statfs finishes, nothing is left.
   await waitFor('broker fds back to the baseline', () => fdCount(bpid) <= fds0 + 2, 20000);

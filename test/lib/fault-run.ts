@@ -74,6 +74,9 @@ export async function runFaults(o: FaultOptions): Promise<FaultResult> {
     note(`broker ${b.proc.pid} listening`);
     return b;
   };
+  // Outside the try: a failed run must stop its workers too, or they retry for ever.
+  let running = true;
+  let workers: Promise<void>[] = [];
   try {
     for (const [name, uid] of [['uid1000', 1000], ['root', 0]] as const) {
       const caller = await newCaller();
@@ -88,7 +91,6 @@ export async function runFaults(o: FaultOptions): Promise<FaultResult> {
       }
     }
     const deadline = t0 + o.seconds * 1000;
-    let running = true;
     const client = (s: Slot, ...args: string[]) => s.p.caller.run([CLIENT, '--socket', socket, ...args], { uid: s.p.uid, timeout: 40000 });
     // An unmount answered ok removed a mount: some FUSE mount at the target before it is gone
     // after it. (A mount that a lost reply left in flight may attach meanwhile: only a removal
@@ -155,7 +157,7 @@ export async function runFaults(o: FaultOptions): Promise<FaultResult> {
       covers.set(s, until);
     };
     current = await start();
-    const workers = slots.map((s) => worker(s));
+    workers = slots.map((s) => worker(s));
     // The injector: rounds of one broker's life with launcher and server kills in them.
     for (;;) {
       res.rounds++;
@@ -295,6 +297,8 @@ export async function runFaults(o: FaultOptions): Promise<FaultResult> {
   } catch (e) {
     res.violations.push(`run: ${(e as Error).message}`);
   } finally {
+    running = false;
+    await Promise.race([Promise.allSettled(workers), sleep(60000)]);
     if (res.violations.length || o.keepLog) {
       res.logFile = path.join(os.tmpdir(), `fuse-svc-faults-seed-${o.seed}.log`);
       writeFileSync(res.logFile, [`seed ${o.seed}, ${o.seconds} s`, ...res.violations.map((x) => `VIOLATION ${x}`), '', ...timeline, '', ...brokers.map((x) => `---- broker ${x.proc.pid}\n${x.logs()}`)].join('\n'));

@@ -374,3 +374,11 @@ export async function nsShell(script: string, o: { userns?: boolean; cpu?: numbe
   // unshare and setpriv exec, so the shell is the process spawned
   return { pid: proc.pid!, ns: readlinkSync(`/proc/${proc.pid}/ns/mnt`), out: () => out, exit };
 }
+
+/** SIGKILL to a child, then its exit awaited at most 3 s (it may have exited already). */
+export async function killAndWait(p: ChildProcess): Promise<void> {
+  if (p.exitCode !== null || p.signalCode !== null) return;
+  const gone = new Promise((r) => p.once('exit', r));
+  p.kill('SIGKILL');
+  await Promise.race([gone, sleep(3000)]);
+}
