@@ -129,6 +129,7 @@ test('a claim that fails after the pooled launcher\'s cgroups took the instance\
   const cfg: Config = { ...DEFAULTS, runtimeDir };
   const id = 508;
   const made: string[] = [];
+  let left: string[] = [];
   const pool: LauncherPool = new LauncherPool(path.join(NATIVE, 'fuse-svc-launcher'), new InstanceDir(runtimeDir), 1, (poolId) => instanceCgroups(cfg, poolId, limits, () => [id, ...pool.ids()]), new PoolIds());
   try {
     pool.fill();
@@ -149,11 +150,11 @@ test('a claim that fails after the pooled launcher\'s cgroups took the instance\
     await pool.close();
     removeCgroups(made);
     await waitFor('the killed launcher\'s cgroups removed', () => existingInstanceCgroups(runtimeDir, true).length === 0, 5000).catch(() => {});
-    const left = existingInstanceCgroups(runtimeDir, true);
+    left = existingInstanceCgroups(runtimeDir, true);
     sweepRuntimeDir(runtimeDir);
     rmSync(runtimeDir, { recursive: true, force: true });
-    assert.equal(left, [], 'no cgroup left');
   }
+  assert.equal(left, [], 'no cgroup left'); // after the block: a failure above is not hidden
 });
 
 test.run();

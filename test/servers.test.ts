@@ -327,6 +327,7 @@ for (const { fstype, comm } of FORMATS) {
     assert.is(m.exitCode, 0, `${m.stderr}\n${broker.logs().slice(-2000)}`);
     const { server_pid: pid, uid } = JSON.parse(m.stdout) as { server_pid: number; uid: number };
     const launcherPid = parentOf(pid);
+    let u: { exitCode?: number; stderr: string };
     try {
       assert.ok(caller.fuseMounts().includes(mnt), 'mounted in the caller namespace');
       const line = caller.mountinfo().split('\n').find((l) => l.split(' ')[4] === mnt)!;
@@ -356,9 +357,9 @@ for (const { fstype, comm } of FORMATS) {
       // The placeholder at the source path stats like the source (libzip stat()s it).
       assert.is(Number((await execa('stat', ['-c', '%s', `/proc/${pid}/root/dev/fuse-svc/source`])).stdout), Number((await execa('stat', ['-c', '%s', img])).stdout));
     } finally {
-      const u = await caller.run(clientArgs(broker.socket, 'unmount', mnt));
-      assert.is(u.exitCode, 0, u.stderr);
+      u = await caller.run(clientArgs(broker.socket, 'unmount', mnt)); // asserted after: a failure above must not be hidden
     }
+    assert.is(u.exitCode, 0, u.stderr);
     await waitFor('the server and its launcher to exit', () => !alive(pid) && !alive(launcherPid), 10000);
 
     // kill -9 of the server: the launcher detaches the mount in the caller's namespace.

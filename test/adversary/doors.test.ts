@@ -492,16 +492,20 @@ s('user namespace root on --via: served as uid 1000 (not 0), nosuid,nodev on the
   await nothingLeft(mnt, fds);
 });
 
-s('user namespace root through mount(8): -o dev, suid, allow_other, user_id=0 and an fstab `user,dev` line are refused EOPTION on one line; an ordinary mount and umount work', async () => {
+s('user namespace root through mount(8): -o dev and suid are served nosuid,nodev as uid 1000; allow_other, user_id=0 and an fstab `user,dev` line are refused EOPTION on one line; an ordinary mount and umount work', async () => {
   const fds = fdTable(broker.proc.pid!);
   const udir = makeDir(path.join(dir, 'ns-mh'), USER);
   const img = await makeImage(udir, 'disk.img', 16);
   const mnt = makeDir(path.join(udir, 'mnt'), USER);
   env.fstab([`${img} ${mnt} fuse-svc.ext4 user,noauto,dev,socket=${broker.socket} 0 0`]);
-  // Each refused EOPTION, or (where mount(8), being "root", keeps the option to itself) served
-  // with the broker's rules: nosuid,nodev, no allow_other, owned by uid 1000.
-  for (const o of ['dev', 'suid', 'allow_other', 'user_id=0']) {
+  // dev and suid: mount(8), being "root", keeps them to itself (VFS flags the helper never
+  // gets), so the mount is served with the broker's rules: nosuid,nodev, no allow_other, owned
+  // by uid 1000. allow_other and user_id=0 reach the helper and are refused EOPTION. Each
+  // outcome is pinned: a refusal turned into a mount (or the reverse) fails here.
+  const expected: Record<string, 'served' | 'refused'> = { dev: 'served', suid: 'served', allow_other: 'refused', 'user_id=0': 'refused' };
+  for (const [o, want] of Object.entries(expected)) {
     const r = await asNsRoot(`mount -t fuse-svc.ext4 -o ${o},socket=${broker.socket} ${img} ${mnt} || exit $?\ngrep " ${mnt} " /proc/self/mountinfo\n${CLIENT} --socket ${broker.socket} --json list\numount ${mnt}`);
+    assert.is(r.exitCode === 0 ? 'served' : 'refused', want, `${o}: ${r.stdout} ${r.stderr}`);
     if (r.exitCode === 0) {
       // user_id=0 here is the namespace's 0: the superblock is owned by the caller's user namespace
       assert.match(r.stdout, /[ ,]nosuid,nodev[, ][^\n]* - fuse\.ext4 /, `${o} served: ${r.stdout}`);
@@ -531,6 +535,7 @@ s('user namespace root runs umount.fuse-svc on root\'s mount: refused with a cod
   env.fstab([]);
   const m = await env.sh(`mount -t fuse-svc.ext4 -o rw,socket=${broker.socket} ${img} ${mnt}`);
   assert.is(m.exitCode, 0, m.stderr);
+  let um: { exitCode?: number; stderr: string };
   try {
     const r = await asNsRoot(`/sbin/umount.fuse-svc ${mnt}`, { FUSE_SVC_SOCKET: broker.socket });
     assert.is(r.exitCode, 32, r.stderr);
@@ -538,8 +543,9 @@ s('user namespace root runs umount.fuse-svc on root\'s mount: refused with a cod
     assert.ok(env.caller.fuseMounts().includes(mnt), 'root\'s mount stays');
     assert.equal(await liveOwners(), [0]);
   } finally {
-    assert.is((await env.sh(`umount ${mnt}`)).exitCode, 0);
+    um = await env.sh(`umount ${mnt}`); // asserted after: a failure above must not be hidden
   }
+  assert.is(um.exitCode, 0, um.stderr);
   await waitFor('the instance to end', () => left().length === 0, 15000);
   const fsck = await fsckClean(img);
   assert.ok(fsck.ok, fsck.out);
