@@ -75,18 +75,29 @@ async function unmountedAndEnded(t: Hang, ms = 5000): Promise<void> {
   await waitFor('the instance to end', () => left(t.broker).length === 0, ms);
 }
 
-test('an INIT-only server: the mount ends by the ready deadline, nothing left', () =>
-  withHang('init', async (t) => {
-    const t0 = Date.now();
-    const m = await mountHang(t);
-    const took = Date.now() - t0;
-    assert.is.not(m.exitCode, 0);
-    assert.match(m.stderr, /ETIMEDOUT_SERVER/);
-    assert.ok(took < READY_MS + 6000, `took ${took} ms`);
-    await waitFor('no launcher, server or checker', () => left(t.broker).length === 0, 5000);
-    assert.equal(t.caller.fuseMounts(), []);
-  }),
-);
+/** An INIT-only server: the mount fails ETIMEDOUT_SERVER by the ready deadline, nothing left. */
+async function initOnlyEndsByDeadline(t: Hang): Promise<void> {
+  const t0 = Date.now();
+  const m = await mountHang(t);
+  const took = Date.now() - t0;
+  assert.is.not(m.exitCode, 0);
+  assert.match(m.stderr, /ETIMEDOUT_SERVER/);
+  assert.ok(took < READY_MS + 6000, `took ${took} ms`);
+  await waitFor('no launcher, reaper, server or checker', () => left(t.broker).length === 0, 5000);
+  assert.equal(t.caller.fuseMounts(), []);
+}
+
+/** A server hung after ready: the unmount returns and the instance ends within stopTimeoutMs. */
+async function hungAfterReadyUnmounts(t: Hang): Promise<void> {
+  const t0 = Date.now();
+  const u = await unmountHang(t);
+  assert.is(u.exitCode, 0, u.stderr);
+  assert.equal(t.caller.fuseMounts(), []);
+  await waitFor('the instance to end', () => left(t.broker).length === 0, STOP_MS + 3000);
+  assert.ok(Date.now() - t0 < STOP_MS + 3000, `took ${Date.now() - t0} ms`);
+}
+
+test('an INIT-only server: the mount ends by the ready deadline, nothing left', () => withHang('init', initOnlyEndsByDeadline));
 
 // `daemonizes` puts the launcher's reaper at pid 1 of the sandbox and the server below it: the
 // same deadlines must hold with one more process between the launcher and the hung server.
@@ -94,15 +105,8 @@ test('an INIT-only server of a daemonizing definition (reaper at pid 1): ends by
   withHang(
     'init',
     async (t) => {
-      const t0 = Date.now();
-      const m = await mountHang(t);
-      const took = Date.now() - t0;
-      assert.is.not(m.exitCode, 0);
-      assert.match(m.stderr, /ETIMEDOUT_SERVER/);
-      assert.ok(took < READY_MS + 6000, `took ${took} ms`);
       assert.match(readFileSync(path.join(t.dir, 'server', 'hang.json'), 'utf8'), /"daemonizes":true/);
-      await waitFor('no launcher, reaper, server or checker', () => left(t.broker).length === 0, 5000);
-      assert.equal(t.caller.fuseMounts(), []);
+      await initOnlyEndsByDeadline(t);
       const l = await t.caller.run(clientArgs(t.broker.socket, 'list'), { timeout: 10000 });
       assert.is(l.exitCode, 0, l.stderr);
     },
@@ -116,12 +120,7 @@ test('a daemonizing definition whose server stops answering after ready: unmount
     async (t) => {
       await mounted(t);
       assert.match(logs(t.broker.runtimeDir), /under the reaper, pid \d+/, 'the server really runs under the reaper');
-      const t0 = Date.now();
-      const u = await unmountHang(t);
-      assert.is(u.exitCode, 0, u.stderr);
-      assert.equal(t.caller.fuseMounts(), []);
-      await waitFor('the instance to end', () => left(t.broker).length === 0, STOP_MS + 3000);
-      assert.ok(Date.now() - t0 < STOP_MS + 3000, `took ${Date.now() - t0} ms`);
+      await hungAfterReadyUnmounts(t);
     },
     true,
   ),
@@ -130,12 +129,7 @@ test('a daemonizing definition whose server stops answering after ready: unmount
 test('a server that stops answering after ready: unmount returns, the instance ends, nothing left', () =>
   withHang('ready', async (t) => {
     await mounted(t);
-    const t0 = Date.now();
-    const u = await unmountHang(t);
-    assert.is(u.exitCode, 0, u.stderr);
-    assert.equal(t.caller.fuseMounts(), []);
-    await waitFor('the instance to end', () => left(t.broker).length === 0, STOP_MS + 3000);
-    assert.ok(Date.now() - t0 < STOP_MS + 3000, `took ${Date.now() - t0} ms`);
+    await hungAfterReadyUnmounts(t);
   }),
 );
 
